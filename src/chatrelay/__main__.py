@@ -1,0 +1,3 @@
+from chatrelay.cli import main
+
+main()

@@ -1,0 +1,22 @@
+"""Reading request bodies within the configured size limit."""
+
+from __future__ import annotations
+
+from starlette.requests import Request
+
+from .errors import BodyTooLarge
+
+
+async def read_body(request: Request, limit: int) -> bytes:
+    """The whole body, or `BodyTooLarge` as soon as it passes `limit` bytes."""
+    declared = request.headers.get("content-length")
+    if declared is not None and declared.isdigit() and int(declared) > limit:
+        raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
+    chunks: list[bytes] = []
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise BodyTooLarge(f"The request body is larger than the limit of {limit} bytes")
+        chunks.append(chunk)
+    return b"".join(chunks)

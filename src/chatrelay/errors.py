@@ -1,0 +1,163 @@
+"""One exception tree for the whole service, mapped to HTTP statuses and stream error codes here.
+
+    ChatRelayError
+    ├── ConfigError                 the server cannot start with these settings
+    ├── InternalError               a bug: the details go to the log, never to the client
+    ├── RequestError                the client's request is wrong (HTTP 4xx, before any stream)
+    │   ├── MalformedJSON
+    │   ├── BodyTooLarge
+    │   └── InvalidField
+    └── UpstreamError               the model provider failed (an error frame inside the stream)
+        ├── UpstreamRateLimited     rate_limited
+        ├── UpstreamOverloaded      overloaded
+        ├── UpstreamAuthError       upstream_auth
+        ├── UpstreamRejected        invalid_request
+        ├── UpstreamTimeout         upstream_timeout
+        └── UpstreamFailed          upstream_error
+
+Messages of upstream errors are shown to end users, so they never carry upstream text that
+might hold secrets or internals; only `UpstreamRejected` passes the provider's explanation
+through, because it describes the user's own request.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+
+class ChatRelayError(Exception):
+    """Base of every error the service raises on purpose."""
+
+    code = "internal"
+    status = 500
+
+    def __init__(self, message: str) -> None:
+        super().__init__(message)
+        self.message = message
+
+
+class ConfigError(ChatRelayError):
+    """The settings are inconsistent; the message says which setting to change."""
+
+    code = "config"
+
+
+class InternalError(ChatRelayError):
+    """An unexpected failure inside the server; the cause is logged, not shown."""
+
+    def __init__(self) -> None:
+        super().__init__("Something went wrong on the server. Please try again.")
+
+
+class RequestError(ChatRelayError):
+    """The client's request cannot be served as sent."""
+
+    code = "invalid_request"
+    status = 422
+
+
+class MalformedJSON(RequestError):
+    """The request body is not valid JSON."""
+
+    code = "invalid_json"
+    status = 400
+
+
+class BodyTooLarge(RequestError):
+    """The request body exceeds the configured size limit."""
+
+    code = "body_too_large"
+    status = 413
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One invalid field: where it is (e.g. `messages[0].role`) and what is wrong with it."""
+
+    field: str
+    message: str
+
+
+class InvalidField(RequestError):
+    """One or more fields of the request are missing, of the wrong type or out of range."""
+
+    def __init__(self, problems: list[FieldProblem]) -> None:
+        super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
+        self.problems = problems
+
+
+class UpstreamError(ChatRelayError):
+    """The model provider failed; `retryable` says whether trying again may help."""
+
+    code = "upstream_error"
+    status = 502
+    retryable = False
+    show_detail = False
+    public_message = "The AI provider failed to answer. Please try again."
+
+    def __init__(
+        self,
+        detail: str = "",
+        *,
+        retry_after: float | None = None,
+        retryable: bool | None = None,
+        request_id: str | None = None,
+    ) -> None:
+        # `detail` is for the operator's log; users see `public_message`, plus the detail only
+        # where it describes the user's own request (`show_detail`).
+        shown = f"{self.public_message} {detail}" if self.show_detail and detail else None
+        super().__init__(shown or self.public_message)
+        self.detail = detail
+        self.retry_after = retry_after
+        self.request_id = request_id
+        if retryable is not None:
+            self.retryable = retryable
+
+
+class UpstreamRateLimited(UpstreamError):
+    """The provider refused because a rate limit was hit (HTTP 429)."""
+
+    code = "rate_limited"
+    status = 429
+    retryable = True
+    public_message = "The AI provider is rate limiting requests. Please wait a moment and retry."
+
+
+class UpstreamOverloaded(UpstreamError):
+    """The provider is temporarily overloaded (HTTP 529/503 or an overloaded_error event)."""
+
+    code = "overloaded"
+    status = 503
+    retryable = True
+    public_message = "The AI provider is overloaded right now. Please retry shortly."
+
+
+class UpstreamAuthError(UpstreamError):
+    """The provider rejected the server's credentials (HTTP 401/403)."""
+
+    code = "upstream_auth"
+    status = 502
+    public_message = "The server's AI provider credentials were rejected. Contact the operator."
+
+
+class UpstreamRejected(UpstreamError):
+    """The provider rejected the request itself (HTTP 400/404/413)."""
+
+    code = "invalid_request"
+    status = 400
+    show_detail = True
+    public_message = "The AI provider rejected the request:"
+
+
+class UpstreamTimeout(UpstreamError):
+    """The provider did not connect or answer in time."""
+
+    code = "upstream_timeout"
+    status = 504
+    public_message = "The AI provider took too long to answer. Please try again."
+
+
+class UpstreamFailed(UpstreamError):
+    """The provider failed otherwise: 5xx, dropped connection, or a stream cut short."""
+
+    code = "upstream_error"

@@ -1,0 +1,46 @@
+"""The provider interface: one async generator that yields the project's own stream events."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from ..events import ProviderEvent
+
+# The guide's default, applied only where the model accepts a temperature.
+DEFAULT_TEMPERATURE = 0.7
+
+
+@dataclass(slots=True, frozen=True)
+class ChatParams:
+    """What a provider needs to produce one reply, independent of any wire format."""
+
+    model: str
+    messages: list[dict[str, Any]]
+    max_tokens: int
+    system: str | None = None
+    temperature: float | None = None  # None: not asked for by the client
+    metadata: Mapping[str, Any] = field(default_factory=dict)
+
+
+class Provider(Protocol):
+    """A model provider. `stream` must close its upstream request when it is closed early."""
+
+    name: str
+
+    def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
+        """Yield the reply's events; end with a `Stop`, or raise an `UpstreamError`."""
+        ...
+
+    def check(self, params: ChatParams) -> None:
+        """Raise a `RequestError` for a request this provider cannot serve, before streaming."""
+        ...
+
+    def warnings(self, params: ChatParams) -> list[str]:
+        """Notes for the client about how its request was adapted (e.g. a dropped parameter)."""
+        ...
+
+    async def aclose(self) -> None:
+        """Release clients and connection pools."""
+        ...

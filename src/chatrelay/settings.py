@@ -1,0 +1,112 @@
+"""The service's settings: one typed object, read from the environment (and `.env`) once.
+
+`Settings()` is built by `create_app()` / the CLI, never at import time, so tests can build
+as many differently configured apps as they like in one process.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+from .errors import ConfigError
+
+# The guide's model name (claude-3-5-sonnet-20241022) is retired; this is a current one.
+DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
+MOCK_MODEL = "mock"
+
+
+class Settings(BaseSettings):
+    """Every setting the server reads; the README documents each one."""
+
+    model_config = SettingsConfigDict(
+        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+    )
+
+    # --- server -----------------------------------------------------------------------------
+    host: str = Field("127.0.0.1", validation_alias="CHATRELAY_HOST")
+    # PaaS (Railway, Heroku) tell the app its port through PORT.
+    port: int = Field(8000, ge=0, le=65535, validation_alias="PORT")
+    log_level: Literal["debug", "info", "warning", "error"] = Field(
+        "info", validation_alias="CHATRELAY_LOG_LEVEL"
+    )
+    log_format: Literal["auto", "json", "text"] = Field(
+        "auto", validation_alias="CHATRELAY_LOG_FORMAT"
+    )
+    cors_origins: Annotated[list[str] | None, NoDecode] = Field(
+        None, validation_alias="CHATRELAY_CORS_ORIGINS"
+    )
+
+    # --- provider ---------------------------------------------------------------------------
+    provider: Literal["auto", "anthropic", "mock"] = Field(
+        "auto", validation_alias="CHATRELAY_PROVIDER"
+    )
+    model: str | None = Field(None, validation_alias="CHATRELAY_MODEL")
+    anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
+    anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    send_temperature: Literal["auto", "always", "never"] = Field(
+        "auto", validation_alias="CHATRELAY_SEND_TEMPERATURE"
+    )
+    max_connections: int = Field(2000, ge=1, validation_alias="CHATRELAY_UPSTREAM_MAX_CONNECTIONS")
+
+    # --- mock provider ----------------------------------------------------------------------
+    mock_delay_s: float = Field(0.02, ge=0, le=10, validation_alias="CHATRELAY_MOCK_DELAY_S")
+
+    # --- request limits ---------------------------------------------------------------------
+    max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias="CHATRELAY_MAX_BODY_BYTES")
+    max_tokens_limit: int = Field(64_000, ge=1, validation_alias="CHATRELAY_MAX_TOKENS_LIMIT")
+
+    # --- stream timing ----------------------------------------------------------------------
+    heartbeat_s: float = Field(15.0, gt=0, validation_alias="CHATRELAY_HEARTBEAT_S")
+    connect_timeout_s: float = Field(5.0, gt=0, validation_alias="CHATRELAY_CONNECT_TIMEOUT_S")
+    first_token_timeout_s: float = Field(
+        60.0, gt=0, validation_alias="CHATRELAY_FIRST_TOKEN_TIMEOUT_S"
+    )
+    # Longest silence tolerated from the upstream once it has started sending text.
+    read_timeout_s: float = Field(120.0, gt=0, validation_alias="CHATRELAY_READ_TIMEOUT_S")
+    max_retries: int = Field(2, ge=0, le=10, validation_alias="CHATRELAY_MAX_RETRIES")
+    retry_base_s: float = Field(0.5, ge=0, validation_alias="CHATRELAY_RETRY_BASE_S")
+    # The SDK would sleep for any retry-after an upstream sends; we never wait longer than this.
+    retry_after_cap_s: float = Field(20.0, ge=0, validation_alias="CHATRELAY_RETRY_AFTER_CAP_S")
+
+    @field_validator("cors_origins", mode="before")
+    @classmethod
+    def _split_origins(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [origin.strip() for origin in value.split(",") if origin.strip()]
+        return value
+
+    @field_validator("anthropic_api_key", mode="before")
+    @classmethod
+    def _blank_key_is_none(cls, value: object) -> object:
+        return None if isinstance(value, str) and not value.strip() else value
+
+    def check(self) -> None:
+        """Raise `ConfigError` for settings the server cannot run with."""
+        if self.provider == "anthropic" and self.anthropic_api_key is None:
+            raise ConfigError(
+                "CHATRELAY_PROVIDER=anthropic needs ANTHROPIC_API_KEY: set the key, or set"
+                " CHATRELAY_PROVIDER=mock (or auto) to serve the built-in mock provider"
+            )
+
+    @property
+    def provider_name(self) -> Literal["anthropic", "mock"]:
+        """The provider that is live: `auto` picks anthropic when a key is set."""
+        if self.provider == "auto":
+            return "anthropic" if self.anthropic_api_key else "mock"
+        return self.provider
+
+    @property
+    def default_model(self) -> str:
+        if self.model:
+            return self.model
+        return DEFAULT_ANTHROPIC_MODEL if self.provider_name == "anthropic" else MOCK_MODEL
+
+    @property
+    def allowed_origins(self) -> list[str]:
+        """CORS origins; any origin only while the (free) mock provider is live."""
+        if self.cors_origins is not None:
+            return self.cors_origins
+        return ["*"] if self.provider_name == "mock" else []
