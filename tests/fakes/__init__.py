@@ -1,0 +1,1 @@
+"""Test doubles for chatrelay's upstream providers (loopback HTTP fakes)."""

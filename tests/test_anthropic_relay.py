@@ -1,0 +1,346 @@
+"""`POST /ai/stream/chat` relaying the real `anthropic` SDK's stream from a loopback fake."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import socket
+import time
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from chatrelay.settings import Settings
+
+from .conftest import USER_HI, StreamResult, make_settings, serve, stream_chat
+from .fakes.anthropic_upstream import FakeAnthropic, Scenario
+
+SECRET_KEY = "sk-ant-test-0123456789-SECRET"
+
+
+@pytest.fixture
+async def fake() -> AsyncIterator[FakeAnthropic]:
+    async with FakeAnthropic() as upstream:
+        yield upstream
+
+
+def settings_for(fake: FakeAnthropic, **values: Any) -> Settings:
+    base: dict[str, Any] = {
+        "provider": "anthropic",
+        "anthropic_api_key": SECRET_KEY,
+        "anthropic_base_url": fake.base_url,
+        "retry_base_s": 0.01,
+    }
+    base.update(values)
+    return make_settings(**base)
+
+
+async def relay(
+    client: httpx.AsyncClient,
+    fake: FakeAnthropic,
+    body: dict[str, Any] | None = None,
+    **values: Any,
+) -> StreamResult:
+    async with serve(settings_for(fake, **values)) as url:
+        return await stream_chat(client, url, body or {"messages": USER_HI})
+
+
+async def test_each_upstream_delta_becomes_one_content_frame_in_order(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    deltas = ["Hel", "lo, ", "wor", "ld! ✓ ", '\n\n"quoted" </script>', "🙂"]
+    fake.enqueue(Scenario(deltas=deltas, input_tokens=12, ping_every=2))
+    result = await relay(client, fake)
+    assert [json.loads(e.data) for e in result.content_events] == [{"content": d} for d in deltas]
+    start = result.named("start")
+    assert start["provider"] == "anthropic" and start["model"] == "claude-sonnet-5-5"
+    assert result.named("end") == {
+        "reason": "completed",
+        "stop_reason": "end_turn",
+        "usage": {"input_tokens": 12, "output_tokens": len(deltas)},
+    }
+    assert result.events[-1].data == "[DONE]"
+
+
+async def test_the_upstream_gets_the_request_in_the_messages_api_shape(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    messages = [
+        {"role": "user", "content": "Hi"},
+        {"role": "assistant", "content": "Hello!"},
+        {"role": "user", "content": [{"type": "text", "text": "Tell me more"}]},
+    ]
+    body = {"messages": messages, "system": "Be brief.", "max_tokens": 300}
+    await relay(client, fake, body)
+    [request] = fake.requests
+    assert request.path == "/v1/messages"
+    assert request.api_key == SECRET_KEY
+    assert request.body == {
+        "model": "claude-sonnet-5-5",
+        "max_tokens": 300,
+        "messages": messages,
+        "system": "Be brief.",
+        "stream": True,
+    }
+
+
+async def test_max_tokens_defaults_to_2048(client: httpx.AsyncClient, fake: FakeAnthropic) -> None:
+    await relay(client, fake, {"messages": USER_HI, "model": "claude-haiku-4-5"})
+    assert fake.requests[0].body["max_tokens"] == 2048
+    assert fake.requests[0].body["model"] == "claude-haiku-4-5"
+
+
+@pytest.mark.parametrize(
+    ("model", "policy", "asked", "sent"),
+    [
+        ("claude-sonnet-4-6", "auto", None, 0.7),  # the guide's default, where accepted
+        ("claude-sonnet-4-6", "auto", 0.2, 0.2),
+        ("claude-opus-4-7", "auto", 0.2, None),  # newer models answer 400 to temperature
+        ("claude-sonnet-5-5", "auto", None, None),
+        ("claude-sonnet-5-5", "always", 0.3, 0.3),
+        ("claude-sonnet-4-6", "never", 0.3, None),
+    ],
+)
+async def test_temperature_reaches_only_models_that_accept_it(
+    client: httpx.AsyncClient,
+    fake: FakeAnthropic,
+    model: str,
+    policy: str,
+    asked: float | None,
+    sent: float | None,
+) -> None:
+    body: dict[str, Any] = {"messages": USER_HI, "model": model}
+    if asked is not None:
+        body["temperature"] = asked
+    result = await relay(client, fake, body, send_temperature=policy)
+    assert fake.requests[0].body.get("temperature") == sent
+    warned = result.named("start").get("warnings", [])
+    if asked is not None and sent is None:
+        assert warned == [f"temperature is not accepted by {model} and was not sent"]
+    else:
+        assert warned == []
+    assert result.named("end")["reason"] == "completed"
+
+
+async def test_a_deprecated_model_still_streams_and_the_client_is_told(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    result = await relay(client, fake, {"messages": USER_HI, "model": "claude-sonnet-4-5"})
+    assert result.named("start")["warnings"] == [
+        "claude-sonnet-4-5 is deprecated and reaches end-of-life on November 30th, 2026"
+    ]
+    assert result.text == "Hello, world!"
+
+
+ERRORS = [
+    # (id, scenario, code, attempts, content frames before the error)
+    ("429", Scenario(status=429, retry_after_ms="5"), "rate_limited", 3, 0),
+    ("529", Scenario(status=529, retry_after_ms="5"), "overloaded", 3, 0),
+    ("503", Scenario(status=503, retry_after_ms="5"), "overloaded", 3, 0),
+    ("500", Scenario(status=500, retry_after_ms="5"), "upstream_error", 3, 0),
+    ("401", Scenario(status=401), "upstream_auth", 1, 0),
+    ("403", Scenario(status=403), "upstream_auth", 1, 0),
+    ("400", Scenario(status=400, error_message="prompt is too long"), "invalid_request", 1, 0),
+    ("404", Scenario(status=404, error_message="model: nope"), "invalid_request", 1, 0),
+    ("error event mid-stream", Scenario(error_event_after=2), "overloaded", 1, 2),
+    (
+        "rate limit event mid-stream",
+        Scenario(error_event_after=1, error_type="rate_limit_error"),
+        "rate_limited",
+        1,
+        1,
+    ),
+    ("error event before text", Scenario(error_event_after=0), "overloaded", 3, 0),
+    ("truncated", Scenario(truncate_after=2), "upstream_error", 1, 2),
+    ("connection dropped", Scenario(drop_after=2), "upstream_error", 1, 2),
+]
+
+
+@pytest.mark.parametrize(
+    ("scenario", "code", "attempts", "before"), [e[1:] for e in ERRORS], ids=[e[0] for e in ERRORS]
+)
+async def test_upstream_failure_becomes_an_error_frame_with_its_code(
+    client: httpx.AsyncClient,
+    fake: FakeAnthropic,
+    scenario: Scenario,
+    code: str,
+    attempts: int,
+    before: int,
+) -> None:
+    fake.default = scenario
+    result = await relay(client, fake)
+    assert result.status == 200
+    assert len(result.content_events) == before
+    [error] = result.errors
+    assert error["code"] == code
+    assert SECRET_KEY not in json.dumps(error)
+    assert len(fake.requests) == attempts
+    assert result.named("end")["reason"] == "error"
+    assert [e.data for e in result.events[-1:]] == ["[DONE]"]
+
+
+async def test_upstream_rejection_text_is_shown_because_it_is_about_the_request(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    fake.default = Scenario(status=400, error_message="prompt is too long: 250000 tokens")
+    result = await relay(client, fake)
+    assert result.errors[0]["error"] == (
+        "The AI provider rejected the request: prompt is too long: 250000 tokens"
+    )
+
+
+async def test_a_retry_after_success_streams_the_reply_once(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Scenario(status=529, retry_after_ms="200"), Scenario(deltas=["once"]))
+    result = await relay(client, fake)
+    assert result.text == "once" and result.errors == []
+    first, second = fake.requests
+    assert second.received_at - first.received_at >= 0.2  # the upstream's retry-after-ms
+
+
+async def test_a_retry_after_beyond_the_cap_fails_at_once_and_tells_the_client(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    fake.default = Scenario(status=429, retry_after="300")
+    began = time.monotonic()
+    result = await relay(client, fake, retry_after_cap_s=20)
+    assert time.monotonic() - began < 5
+    assert len(fake.requests) == 1
+    assert result.errors == [
+        {
+            "error": "The AI provider is rate limiting requests. Please wait a moment and retry.",
+            "code": "rate_limited",
+            "retry_after": 300,
+        }
+    ]
+
+
+async def test_nothing_is_retried_once_text_has_been_sent(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    fake.enqueue(Scenario(deltas=["a", "b", "c"], drop_after=1), Scenario(deltas=["x"]))
+    result = await relay(client, fake)
+    assert result.text == "a"
+    assert len(fake.requests) == 1
+
+
+async def test_a_slow_first_token_past_the_timeout_is_upstream_timeout(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    fake.default = Scenario(first_token_delay=3.0)
+    began = time.monotonic()
+    result = await relay(client, fake, first_token_timeout_s=0.3)
+    assert 0.3 <= time.monotonic() - began < 2.5
+    assert [e["code"] for e in result.errors] == ["upstream_timeout"]
+    assert await fake.requests[0].wait_closed(1.0)
+
+
+async def test_a_stalled_stream_is_upstream_timeout_with_heartbeats_meanwhile(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    fake.default = Scenario(deltas=["a", "b", "c"], stall_after=1)
+    settings = settings_for(fake, read_timeout_s=0.6, first_token_timeout_s=0.6, heartbeat_s=0.1)
+    lines: list[str] = []
+    async with serve(settings) as url:
+        body = {"messages": USER_HI}
+        async with client.stream("POST", f"{url}/ai/stream/chat", json=body) as response:
+            lines = [line async for line in response.aiter_lines()]
+    after_text = lines[lines.index('data: {"content":"a"}') :]
+    assert after_text.count(": ping") >= 3
+    error = next(line for line in lines if line.startswith('data: {"error"'))
+    assert json.loads(error[6:])["code"] == "upstream_timeout"
+
+
+async def test_an_unreachable_upstream_is_upstream_error(client: httpx.AsyncClient) -> None:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    settings = make_settings(
+        provider="anthropic",
+        anthropic_api_key=SECRET_KEY,
+        anthropic_base_url=f"http://127.0.0.1:{port}",
+        retry_base_s=0.01,
+    )
+    async with serve(settings) as url:
+        result = await stream_chat(client, url, {"messages": USER_HI})
+    assert [e["code"] for e in result.errors] == ["upstream_error"]
+
+
+async def test_the_key_never_appears_in_logs_or_frames(
+    client: httpx.AsyncClient, fake: FakeAnthropic, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.enqueue(Scenario(status=401, error_message=f"invalid x-api-key {SECRET_KEY}"), Scenario())
+    async with serve(settings_for(fake)) as url:
+        failed = await stream_chat(client, url, {"messages": USER_HI})
+        succeeded = await stream_chat(client, url, {"messages": USER_HI})
+    assert failed.errors[0]["code"] == "upstream_auth"
+    assert succeeded.named("end")["reason"] == "completed"
+    everything = caplog.text + json.dumps([e.data for e in failed.events + succeeded.events])
+    assert "stream" in caplog.text  # the log did record the streams
+    assert SECRET_KEY not in everything
+    assert "0123456789" not in everything
+
+
+async def close_after(
+    client: httpx.AsyncClient, url: str, fake: FakeAnthropic, content_frames: int
+) -> float:
+    """Read until `content_frames` content frames arrived, then drop the connection."""
+    seen = 0
+    async with client.stream(
+        "POST", f"{url}/ai/stream/chat", json={"messages": USER_HI}
+    ) as response:
+        async for line in response.aiter_lines():
+            if line.startswith("id: 1") and content_frames == 0:
+                await fake.wait_for_requests(1)  # the upstream is waiting to send a token
+                await asyncio.sleep(0.05)
+                break
+            if line.startswith('data: {"content"'):
+                seen += 1
+                if seen == content_frames:
+                    break
+        closed_at = time.monotonic()
+    return closed_at
+
+
+@pytest.mark.parametrize(
+    ("scenario", "frames"),
+    [
+        (Scenario(deltas=["x"] * 5, stall_after=2), 2),  # upstream silent, relay waiting
+        (Scenario(deltas=["x"] * 2000, interval=0.005), 5),  # upstream busily streaming
+        (Scenario(first_token_delay=10.0), 0),  # still waiting for the first token
+    ],
+    ids=["stalled", "streaming", "before-first-token"],
+)
+async def test_client_disconnect_closes_the_upstream_within_100ms(
+    client: httpx.AsyncClient, fake: FakeAnthropic, scenario: Scenario, frames: int
+) -> None:
+    fake.default = scenario
+    async with serve(settings_for(fake)) as url:
+        closed_at = await close_after(client, url, fake, frames)
+        [request] = fake.requests
+        assert await request.wait_closed(2.0)
+    assert request.outcome == "client_gone"
+    assert request.disconnected_at is not None
+    assert request.disconnected_at - closed_at < 0.1
+    if frames:
+        assert request.deltas_sent < 1000  # generation stopped, not drained
+
+
+async def test_fifty_concurrent_streams_each_get_every_delta_in_order(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    replies = [[f"s{n}-{i} " for i in range(30)] for n in range(50)]
+    fake.enqueue(*(Scenario(deltas=reply, interval=0.002) for reply in replies))
+    async with serve(settings_for(fake)) as url:
+        results = await asyncio.gather(
+            *(stream_chat(client, url, {"messages": USER_HI}) for _ in replies)
+        )
+    texts = sorted(result.text for result in results)
+    assert texts == sorted("".join(reply) for reply in replies)
+    assert all(r.named("end")["reason"] == "completed" for r in results)
+    assert all(len(r.content_events) == 30 for r in results)

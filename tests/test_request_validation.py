@@ -1,0 +1,238 @@
+"""Bad input gets a clear HTTP error that names the field, before any stream starts."""
+
+from __future__ import annotations
+
+from collections.abc import AsyncIterator
+from typing import Any
+
+import httpx
+import pytest
+
+from .conftest import make_settings, serve
+
+HI = {"role": "user", "content": "Hi"}
+
+
+@pytest.fixture
+async def base_url() -> AsyncIterator[str]:
+    async with serve(make_settings(provider="mock", max_body_bytes=4096)) as url:
+        yield url
+
+
+CASES: list[tuple[str, Any, int, str, str]] = [
+    # (name, body, status, code, text the message must contain)
+    ("no messages field", {}, 422, "invalid_request", "messages: Field required"),
+    ("empty messages", {"messages": []}, 422, "invalid_request", "messages: List should have"),
+    ("messages not a list", {"messages": "hi"}, 422, "invalid_request", "messages: Input should"),
+    ("body not an object", [HI], 422, "invalid_request", "body: must be a JSON object"),
+    (
+        "unknown role",
+        {"messages": [{"role": "bot", "content": "x"}]},
+        422,
+        "invalid_request",
+        "messages[0].role: must be 'user' or 'assistant', not 'bot'",
+    ),
+    (
+        "system role in messages",
+        {"messages": [{"role": "system", "content": "x"}, HI]},
+        422,
+        "invalid_request",
+        "messages[0].role: 'system' is not a message role here",
+    ),
+    (
+        "missing role",
+        {"messages": [{"content": "x"}]},
+        422,
+        "invalid_request",
+        "messages[0].role: Field required",
+    ),
+    (
+        "empty content",
+        {"messages": [HI, {"role": "user", "content": "   "}]},
+        422,
+        "invalid_request",
+        "messages[1].content: must not be empty",
+    ),
+    (
+        "content of the wrong type",
+        {"messages": [{"role": "user", "content": 42}]},
+        422,
+        "invalid_request",
+        "messages[0].content: must be a string or a list",
+    ),
+    (
+        "unsupported block",
+        {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
+        422,
+        "invalid_request",
+        "only content blocks of type 'text' are supported",
+    ),
+    (
+        "empty text block",
+        {"messages": [{"role": "user", "content": [{"type": "text", "text": ""}]}]},
+        422,
+        "invalid_request",
+        "messages[0].content: block 0: `text` must be a non-empty",
+    ),
+    (
+        "max_tokens zero",
+        {"messages": [HI], "max_tokens": 0},
+        422,
+        "invalid_request",
+        "max_tokens: Input should be greater than or equal to 1",
+    ),
+    (
+        "max_tokens as a string",
+        {"messages": [HI], "max_tokens": "100"},
+        422,
+        "invalid_request",
+        "max_tokens: Input should be a valid integer",
+    ),
+    (
+        "max_tokens over the server's cap",
+        {"messages": [HI], "max_tokens": 10_000_000},
+        422,
+        "invalid_request",
+        "max_tokens: must be at most 64000",
+    ),
+    (
+        "temperature too high",
+        {"messages": [HI], "temperature": 1.5},
+        422,
+        "invalid_request",
+        "temperature: Input should be less than or equal to 1",
+    ),
+    (
+        "temperature negative",
+        {"messages": [HI], "temperature": -0.1},
+        422,
+        "invalid_request",
+        "temperature: Input should be greater than or equal to 0",
+    ),
+    (
+        "temperature as a string",
+        {"messages": [HI], "temperature": "hot"},
+        422,
+        "invalid_request",
+        "temperature: Input should be a valid number",
+    ),
+    (
+        "model of the wrong type",
+        {"messages": [HI], "model": 5},
+        422,
+        "invalid_request",
+        "model: Input should be a valid string",
+    ),
+    (
+        "system of the wrong type",
+        {"messages": [HI], "system": 5},
+        422,
+        "invalid_request",
+        "system: Input should be a valid string, or input should be",
+    ),
+    (
+        "conversation_id of the wrong type",
+        {"messages": [HI], "conversation_id": {"id": 1}},
+        422,
+        "invalid_request",
+        "conversation_id: Input should be a valid string",
+    ),
+    (
+        "metadata of the wrong type",
+        {"messages": [HI], "metadata": [1]},
+        422,
+        "invalid_request",
+        "metadata: Input should be a valid dictionary",
+    ),
+    (
+        "bad mock option",
+        {"messages": [HI], "metadata": {"mock": {"fail_after": -1}}},
+        422,
+        "invalid_request",
+        "metadata.mock.fail_after: Input should be greater than",
+    ),
+    (
+        "unknown mock failure code",
+        {"messages": [HI], "metadata": {"mock": {"fail_after": 1, "fail_code": "nope"}}},
+        422,
+        "invalid_request",
+        "metadata.mock.fail_code: must be one of",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("name", "body", "status", "code", "text"), CASES, ids=[c[0] for c in CASES]
+)
+async def test_bad_field_gets_its_status_and_a_message_naming_it(
+    client: httpx.AsyncClient,
+    base_url: str,
+    name: str,
+    body: Any,
+    status: int,
+    code: str,
+    text: str,
+) -> None:
+    response = await client.post(f"{base_url}/ai/stream/chat", json=body)
+    assert response.status_code == status, response.text
+    assert response.headers["content-type"] == "application/json"
+    error = response.json()["error"]
+    assert error["code"] == code
+    assert text in error["message"], error["message"]
+    assert error["fields"] and all(f["field"] in error["message"] for f in error["fields"])
+
+
+async def test_malformed_json_is_a_400(client: httpx.AsyncClient, base_url: str) -> None:
+    response = await client.post(
+        f"{base_url}/ai/stream/chat",
+        content=b'{"messages": [',
+        headers={"content-type": "application/json"},
+    )
+    assert response.status_code == 400
+    error = response.json()["error"]
+    assert error["code"] == "invalid_json"
+    assert "not valid JSON" in error["message"]
+
+
+async def test_body_over_the_limit_is_a_413_naming_the_limit(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    big = {"messages": [{"role": "user", "content": "x" * 5000}]}
+    response = await client.post(f"{base_url}/ai/stream/chat", json=big)
+    assert response.status_code == 413
+    assert response.json()["error"] == {
+        "code": "body_too_large",
+        "message": "The request body is larger than the limit of 4096 bytes",
+    }
+
+
+async def test_body_over_the_limit_without_content_length_is_a_413_too(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    async def chunks() -> AsyncIterator[bytes]:
+        yield b'{"messages": [{"role": "user", "content": "'
+        for _ in range(10):
+            yield b"x" * 1000
+        yield b'"}]}'
+
+    response = await client.post(f"{base_url}/ai/stream/chat", content=chunks())
+    assert response.status_code == 413
+    assert response.json()["error"]["code"] == "body_too_large"
+
+
+async def test_unknown_extra_fields_are_ignored(client: httpx.AsyncClient, base_url: str) -> None:
+    body = {"messages": [HI], "stream": True, "client_version": "1.2.3"}
+    response = await client.post(f"{base_url}/ai/stream/chat", json=body)
+    assert response.status_code == 200
+    assert response.text.endswith("data: [DONE]\n\n")
+
+
+async def test_unknown_route_and_wrong_method_answer_in_the_same_error_shape(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    missing = await client.get(f"{base_url}/nope")
+    assert missing.status_code == 404
+    assert missing.json()["error"]["code"] == "not_found"
+    wrong = await client.get(f"{base_url}/ai/stream/chat")
+    assert wrong.status_code == 405
+    assert wrong.json()["error"]["code"] == "method_not_allowed"
