@@ -88,7 +88,7 @@ async def test_the_upstream_gets_the_request_in_the_messages_api_shape(
 
 
 async def test_max_tokens_defaults_to_2048(client: httpx.AsyncClient, fake: FakeAnthropic) -> None:
-    await relay(client, fake, {"messages": USER_HI, "model": "claude-haiku-4-5"})
+    await relay(client, fake, {"messages": USER_HI}, model="claude-haiku-4-5")
     assert fake.requests[0].body["max_tokens"] == 2048
     assert fake.requests[0].body["model"] == "claude-haiku-4-5"
 
@@ -112,10 +112,10 @@ async def test_temperature_reaches_only_models_that_accept_it(
     asked: float | None,
     sent: float | None,
 ) -> None:
-    body: dict[str, Any] = {"messages": USER_HI, "model": model}
+    body: dict[str, Any] = {"messages": USER_HI}
     if asked is not None:
         body["temperature"] = asked
-    result = await relay(client, fake, body, send_temperature=policy)
+    result = await relay(client, fake, body, send_temperature=policy, model=model)
     assert fake.requests[0].body.get("temperature") == sent
     warned = result.named("start").get("warnings", [])
     if asked is not None and sent is None:
@@ -128,7 +128,7 @@ async def test_temperature_reaches_only_models_that_accept_it(
 async def test_a_deprecated_model_still_streams_and_the_client_is_told(
     client: httpx.AsyncClient, fake: FakeAnthropic
 ) -> None:
-    result = await relay(client, fake, {"messages": USER_HI, "model": "claude-sonnet-4-5"})
+    result = await relay(client, fake, {"messages": USER_HI}, model="claude-sonnet-4-5")
     assert result.named("start")["warnings"] == [
         "claude-sonnet-4-5 is deprecated and reaches end-of-life on November 30th, 2026"
     ]
@@ -294,11 +294,11 @@ async def close_after(
     async with client.stream(
         "POST", f"{url}/ai/stream/chat", json={"messages": USER_HI}
     ) as response:
+        if content_frames == 0:  # headers only: the upstream is waiting to send a token
+            await fake.wait_for_requests(1)
+            await asyncio.sleep(0.05)
+            return time.monotonic()
         async for line in response.aiter_lines():
-            if line.startswith("id: 1") and content_frames == 0:
-                await fake.wait_for_requests(1)  # the upstream is waiting to send a token
-                await asyncio.sleep(0.05)
-                break
             if line.startswith('data: {"content"'):
                 seen += 1
                 if seen == content_frames:

@@ -62,10 +62,10 @@ CASES: list[tuple[str, Any, int, str, str]] = [
     ),
     (
         "unsupported block",
-        {"messages": [{"role": "user", "content": [{"type": "image"}]}]},
+        {"messages": [{"role": "user", "content": [{"type": "document"}]}]},
         422,
         "invalid_request",
-        "only content blocks of type 'text' are supported",
+        "content blocks must be of type 'text' or 'image', got 'document'",
     ),
     (
         "empty text block",
@@ -97,10 +97,10 @@ CASES: list[tuple[str, Any, int, str, str]] = [
     ),
     (
         "temperature too high",
-        {"messages": [HI], "temperature": 1.5},
+        {"messages": [HI], "temperature": 2.5},
         422,
         "invalid_request",
-        "temperature: Input should be less than or equal to 1",
+        "temperature: Input should be less than or equal to 2",
     ),
     (
         "temperature negative",

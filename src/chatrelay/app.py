@@ -14,10 +14,12 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from .chat import ChatService
-from .errors import ChatRelayError, InvalidField
-from .providers import build_provider
+from .errors import ChatRelayError, InvalidField, RequestError
+from .models import models_config
 from .relay import Relay, RetryPolicy
-from .routes import chat, health
+from .routes import chat, health, openai
+from .routes.errors import error_response, openai_error_response
+from .routing import Router
 from .schemas import problems_from
 from .settings import Settings
 
@@ -28,12 +30,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the settings are read from the environment here unless given."""
     settings = settings or Settings()
     settings.check()
+    # Read the models file now, so a bad one stops the server before it listens.
+    only_mock = all(spec.provider == "mock" for spec in models_config(settings).specs.values())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        provider = build_provider(settings)
+        router = Router.from_settings(settings)
         relay = Relay(
-            provider,
             first_token_timeout_s=settings.first_token_timeout_s,
             retry=RetryPolicy(
                 max_retries=settings.max_retries,
@@ -41,27 +44,27 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retry_after_cap_s=settings.retry_after_cap_s,
             ),
         )
-        app.state.chat = ChatService(relay, settings.default_model, settings.max_tokens_limit)
+        app.state.chat = ChatService(router, relay, settings.max_tokens_limit)
         log.info(
-            "chatrelay %s serving provider=%s model=%s",
+            "chatrelay %s serving %s (models: %s)",
             __version__,
-            provider.name,
-            settings.default_model,
-            extra={"provider": provider.name, "model": settings.default_model},
+            router.describe(),
+            ", ".join(router.aliases),
         )
         try:
             yield
         finally:
-            await provider.aclose()
+            await router.aclose()
 
     app = FastAPI(title="chatrelay", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.include_router(chat.router)
+    app.include_router(openai.router)
     app.include_router(health.router)
-    if settings.allowed_origins:
+    if origins := settings.allowed_origins(only_mock):
         app.add_middleware(
             CORSMiddleware,
-            allow_origins=settings.allowed_origins,
+            allow_origins=origins,
             allow_methods=["GET", "POST", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["X-Stream-ID", "X-Conversation-ID"],
@@ -71,26 +74,25 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     return app
 
 
-def error_body(code: str, message: str, **extra: object) -> dict[str, object]:
-    return {"error": {"code": code, "message": message, **extra}}
-
-
 def _install_error_handlers(app: FastAPI) -> None:
+    def respond(request: Request, exc: ChatRelayError) -> JSONResponse:
+        if request.url.path.startswith("/v1/"):
+            return openai_error_response(exc)
+        return error_response(exc)
+
     @app.exception_handler(ChatRelayError)
     async def relay_error(request: Request, exc: ChatRelayError) -> JSONResponse:
-        extra: dict[str, object] = {}
-        if isinstance(exc, InvalidField):
-            extra["fields"] = [{"field": p.field, "message": p.message} for p in exc.problems]
-        return JSONResponse(error_body(exc.code, exc.message, **extra), status_code=exc.status)
+        return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-        error = InvalidField(problems_from(exc.errors()))
-        return await relay_error(request, error)
+        return respond(request, InvalidField(problems_from(exc.errors())))
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
         code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        return JSONResponse(
-            error_body(code, str(exc.detail)), status_code=exc.status_code, headers=exc.headers
-        )
+        error = RequestError(str(exc.detail))
+        error.code, error.status = code, exc.status_code
+        response = respond(request, error)
+        response.headers.update(exc.headers or {})
+        return response

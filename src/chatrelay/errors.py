@@ -6,7 +6,10 @@
     ├── RequestError                the client's request is wrong (HTTP 4xx, before any stream)
     │   ├── MalformedJSON
     │   ├── BodyTooLarge
-    │   └── InvalidField
+    │   ├── InvalidField
+    │   ├── UnknownModel
+    │   ├── ModelUnavailable
+    │   └── Unsupported
     └── UpstreamError               the model provider failed (an error frame inside the stream)
         ├── UpstreamRateLimited     rate_limited
         ├── UpstreamOverloaded      overloaded
@@ -84,6 +87,38 @@ class InvalidField(RequestError):
     def __init__(self, problems: list[FieldProblem]) -> None:
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
         self.problems = problems
+
+
+class UnknownModel(RequestError):
+    """The requested model is not one of the configured aliases."""
+
+    code = "unknown_model"
+    status = 400
+
+    def __init__(self, name: str, known: list[str]) -> None:
+        super().__init__(f"Unknown model {name!r}; known models: {', '.join(known)}")
+        self.problems = [FieldProblem("model", self.message)]
+
+
+class ModelUnavailable(RequestError):
+    """The requested model is configured but cannot serve (e.g. its key is missing)."""
+
+    code = "model_unavailable"
+    status = 503
+
+    def __init__(self, name: str, why: str) -> None:
+        super().__init__(f"Model {name!r} is not available: {why}")
+
+
+class Unsupported(RequestError):
+    """The request asks for a feature this endpoint or model does not offer."""
+
+    code = "unsupported"
+    status = 400
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.problems = [FieldProblem(field, message)]
 
 
 class UpstreamError(ChatRelayError):

@@ -13,6 +13,13 @@ class TextDelta:
 
 
 @dataclass(slots=True, frozen=True)
+class ThinkingDelta:
+    """A piece of the model's visible reasoning (extended thinking), relayed only when asked."""
+
+    text: str
+
+
+@dataclass(slots=True, frozen=True)
 class Usage:
     """Token counts so far; a later Usage replaces an earlier one (counts are cumulative)."""
 
@@ -27,4 +34,4 @@ class Stop:
     reason: str | None
 
 
-ProviderEvent = TextDelta | Usage | Stop
+ProviderEvent = TextDelta | ThinkingDelta | Usage | Stop

@@ -1,10 +1,16 @@
-"""The relay: one reply from a provider, with retries, a first-token timeout and honest ends.
+"""The relay: one reply from a chain of models, with retries, fallbacks, a first-token timeout
+and honest ends.
 
-`Relay.run()` yields each `TextDelta` as the provider produces it (never merged or delayed)
-and ends with exactly one `End`. Failures before the first piece of text are retried with a
-jittered backoff (honouring the upstream's retry-after up to a cap); after text has been sent
-they are never retried, because the client would see the reply twice. A provider stream that
-ends without its end marker is a failure, never a clean end.
+`Relay.run()` yields `Answering` once it knows which model answers, then each delta as the
+provider produces it (never merged or delayed), and ends with exactly one `End`.
+
+- A failure before the first delta is retried on the same model (jittered backoff, honouring
+  the upstream's retry-after up to a cap); when the retries are spent and the failure is one a
+  different model may not have (429, 529, 5xx, connection, timeout), the next model of the
+  chain is tried.
+- After the first delta nothing is retried and nothing falls back: the client would see text
+  twice, or two models' text spliced together.
+- A provider stream that ends without its end marker is a failure, never a clean end.
 """
 
 from __future__ import annotations
@@ -12,14 +18,26 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
+from contextlib import aclosing
 from dataclasses import dataclass
 
 from .errors import ChatRelayError, InternalError, UpstreamError, UpstreamFailed, UpstreamTimeout
-from .events import Stop, TextDelta, Usage
+from .events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .providers import ChatParams, Provider
+from .routing import Target
 
 log = logging.getLogger("chatrelay.relay")
+
+FALLBACK_CODES = frozenset({"rate_limited", "overloaded", "upstream_error", "upstream_timeout"})
+
+
+@dataclass(slots=True, frozen=True)
+class Answering:
+    """The model that answers; `fallback_from` lists the aliases that failed before it."""
+
+    target: Target
+    fallback_from: tuple[str, ...] = ()
 
 
 @dataclass(slots=True, frozen=True)
@@ -32,7 +50,7 @@ class End:
     attempts: int = 1
 
 
-RelayEvent = TextDelta | End
+RelayEvent = Answering | TextDelta | ThinkingDelta | End
 
 
 @dataclass(frozen=True, slots=True)
@@ -54,28 +72,70 @@ class RetryPolicy:
         return backoff * (1 - 0.25 * jitter)
 
 
+@dataclass(slots=True)
+class _Opened:
+    stream: AsyncGenerator[ProviderEvent, None]
+    first: TextDelta | ThinkingDelta | Stop
+    usage: Usage | None
+    attempts: int
+
+
+@dataclass(slots=True)
+class _Failed:
+    error: ChatRelayError
+    usage: Usage | None
+    attempts: int
+
+
 class Relay:
-    """Runs one reply at a time per call of `run`; holds no per-stream state."""
+    """Runs replies; holds no per-stream state."""
 
     def __init__(
         self,
-        provider: Provider,
         *,
         first_token_timeout_s: float,
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
     ) -> None:
-        self.provider = provider
         self._first_token_timeout = first_token_timeout_s
         self._retry = retry
         self._sleep = sleep
 
-    async def run(self, params: ChatParams) -> AsyncGenerator[RelayEvent, None]:
+    async def run(
+        self, plan: Sequence[tuple[Target, ChatParams]]
+    ) -> AsyncGenerator[RelayEvent, None]:
+        """Answer from the first model of `plan` that produces output."""
+        failed: list[str] = []
+        for position, (target, params) in enumerate(plan):
+            opened = await self._open(target.provider, params)
+            if isinstance(opened, _Failed):
+                code = opened.error.code
+                if position < len(plan) - 1 and code in FALLBACK_CODES:
+                    log.warning(
+                        "model %s failed with %s before answering; falling back to %s",
+                        target.spec.alias,
+                        code,
+                        plan[position + 1][0].spec.alias,
+                    )
+                    failed.append(target.spec.alias)
+                    continue
+                yield Answering(target, tuple(failed))
+                yield End(None, opened.usage, opened.error, opened.attempts)
+                return
+            yield Answering(target, tuple(failed))
+            # `async for` alone would leave the inner generator (and the upstream) open when
+            # this one is closed between two events.
+            async with aclosing(self._relay(opened)) as events:
+                async for event in events:
+                    yield event
+            return
+
+    async def _open(self, provider: Provider, params: ChatParams) -> _Opened | _Failed:
+        """Start the reply, retrying until its first output (or a final failure)."""
         attempt = 1
         while True:
-            stream = self.provider.stream(params)
+            stream = provider.stream(params)
             usage: Usage | None = None
-            first: TextDelta | Stop | None = None
             try:
                 try:
                     async with asyncio.timeout(self._first_token_timeout):
@@ -83,59 +143,59 @@ class Relay:
                             if type(event) is Usage:
                                 usage = event
                             else:
-                                first = event  # type: ignore[assignment]
-                                break
+                                return _Opened(stream, event, usage, attempt)  # type: ignore[arg-type]
+                    error: UpstreamError = UpstreamFailed(
+                        "the upstream ended its stream before any output", retryable=True
+                    )
                 except TimeoutError:
-                    raise UpstreamTimeout(
-                        f"no text within {self._first_token_timeout:g} s"
-                    ) from None
-            except UpstreamError as error:
+                    error = UpstreamTimeout(f"no output within {self._first_token_timeout:g} s")
+            except UpstreamError as exc:
+                error = exc
+            except Exception as exc:
                 await stream.aclose()
-                delay = self._retry.delay(attempt, error, random.random())
-                if delay is None:
-                    yield End(None, usage, error, attempt)
-                    return
-                log.info(
-                    "retrying %s after %s (attempt %d, waiting %.2f s)",
-                    params.model,
-                    error.code,
-                    attempt + 1,
-                    delay,
-                )
-                await self._sleep(delay)
-                attempt += 1
-                continue
-            except Exception as error:
-                await stream.aclose()
-                log.exception("provider %s failed unexpectedly", self.provider.name)
-                yield End(None, usage, _internal(error), attempt)
-                return
-            break
+                log.exception("provider %s failed unexpectedly", provider.name)
+                return _Failed(_internal(exc), usage, attempt)
+            except BaseException:
+                await stream.aclose()  # cancelled (the client left): close the upstream
+                raise
+            await stream.aclose()
+            delay = self._retry.delay(attempt, error, random.random())
+            if delay is None:
+                return _Failed(error, usage, attempt)
+            log.info(
+                "retrying %s after %s (attempt %d, waiting %.2f s)",
+                params.model,
+                error.code,
+                attempt + 1,
+                delay,
+            )
+            await self._sleep(delay)
+            attempt += 1
 
-        # From here on text has gone (or is about to go) to the client: no more retries.
+    async def _relay(self, opened: _Opened) -> AsyncGenerator[RelayEvent, None]:
+        """Relay an opened reply to its end; no retries from here on."""
+        stream, usage, attempts = opened.stream, opened.usage, opened.attempts
         try:
-            if isinstance(first, Stop):
-                yield End(first.reason, usage, None, attempt)
+            first = opened.first
+            if type(first) is Stop:
+                yield End(first.reason, usage, None, attempts)
                 return
-            if first is None:
-                yield End(None, usage, _truncated(), attempt)
-                return
-            yield first
+            yield first  # type: ignore[misc]
             async for event in stream:
                 kind = type(event)
-                if kind is TextDelta:
+                if kind is TextDelta or kind is ThinkingDelta:
                     yield event  # type: ignore[misc]
                 elif kind is Usage:
                     usage = event  # type: ignore[assignment]
                 else:
-                    yield End(event.reason, usage, None, attempt)  # type: ignore[union-attr]
+                    yield End(event.reason, usage, None, attempts)  # type: ignore[union-attr]
                     return
-            yield End(None, usage, _truncated(), attempt)
+            yield End(None, usage, _truncated(), attempts)
         except UpstreamError as error:
-            yield End(None, usage, error, attempt)
+            yield End(None, usage, error, attempts)
         except Exception as error:
-            log.exception("provider %s failed unexpectedly", self.provider.name)
-            yield End(None, usage, _internal(error), attempt)
+            log.exception("provider failed unexpectedly")
+            yield End(None, usage, _internal(error), attempts)
         finally:
             await stream.aclose()
 

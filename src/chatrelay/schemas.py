@@ -1,20 +1,22 @@
-"""The request body of `POST /ai/stream/chat`, as the seed guide's frontends send it.
+"""The request body of the chat endpoints (`/ai/stream/chat`, `/ai/chat`), as the seed's
+frontends send it, plus the Anthropic extras (images, stop sequences, top_p/top_k, thinking).
 
 Unknown extra fields are ignored (frontends send all sorts of things); known fields are
-checked strictly, and every problem names the field it is about.
+checked strictly, and every problem names the field it is about. Content blocks use the
+Anthropic shape; the OpenAI-compatible surface translates into it.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import FieldProblem, InvalidField, MalformedJSON
 
-Role = Literal["user", "assistant"]
+ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
 class TextBlock(BaseModel):
@@ -26,13 +28,43 @@ class TextBlock(BaseModel):
     text: str = Field(min_length=1)
 
 
+class ImageSource(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["base64", "url"]
+    media_type: Literal["image/jpeg", "image/png", "image/gif", "image/webp"] | None = None
+    data: str | None = Field(None, min_length=1)
+    url: str | None = Field(None, pattern=r"^https?://")
+
+
+class ImageBlock(BaseModel):
+    """A content block of type `image`: base64 data with its media type, or a URL."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["image"]
+    source: ImageSource
+
+    @field_validator("source")
+    @classmethod
+    def _complete(cls, source: ImageSource) -> ImageSource:
+        if source.type == "base64" and (source.data is None or source.media_type is None):
+            raise ValueError("a base64 image needs `media_type` and `data`")
+        if source.type == "url" and source.url is None:
+            raise ValueError("a url image needs `url`")
+        return source
+
+
+ContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+
+
 class ChatMessage(BaseModel):
     """One turn of the conversation."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     role: str
-    content: str | list[TextBlock]
+    content: str | list[ContentBlock]
 
     @field_validator("role")
     @classmethod
@@ -55,35 +87,58 @@ class ChatMessage(BaseModel):
                 raise ValueError("must not be an empty list")
             for index, block in enumerate(content):
                 kind = block.get("type") if isinstance(block, dict) else None
-                if kind != "text":
+                if kind not in ("text", "image"):
                     raise ValueError(
-                        f"block {index}: only content blocks of type 'text' are supported,"
+                        f"block {index}: content blocks must be of type 'text' or 'image',"
                         f" got {kind!r}"
                     )
-                text = block.get("text")
-                if not isinstance(text, str) or not text:
-                    raise ValueError(f"block {index}: `text` must be a non-empty string")
+                if kind == "text":
+                    text = block.get("text")
+                    if not isinstance(text, str) or not text:
+                        raise ValueError(f"block {index}: `text` must be a non-empty string")
             return content
         raise ValueError("must be a string or a list of content blocks")
 
     def text(self) -> str:
         if isinstance(self.content, str):
             return self.content
-        return "".join(block.text for block in self.content)
+        return "".join(block.text for block in self.content if isinstance(block, TextBlock))
+
+    @property
+    def has_images(self) -> bool:
+        return not isinstance(self.content, str) and any(
+            isinstance(block, ImageBlock) for block in self.content
+        )
+
+
+class ThinkingConfig(BaseModel):
+    """Extended thinking, as the Messages API takes it."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["enabled", "adaptive"]
+    budget_tokens: int | None = Field(None, ge=1024)
 
 
 class ChatRequest(BaseModel):
-    """The body of a chat request (`POST /ai/stream/chat`)."""
+    """The body of a chat request (`POST /ai/stream/chat`, `POST /ai/chat`)."""
 
     model_config = ConfigDict(extra="ignore", frozen=True)
 
     messages: list[ChatMessage] = Field(min_length=1)
-    max_tokens: int = Field(2048, ge=1, strict=True)
-    # None means "not given": providers apply the guide's default of 0.7 where it is accepted.
-    temperature: float | None = Field(None, ge=0.0, le=1.0, strict=True)
+    # None: the model's default (models file), else the guide's 2048.
+    max_tokens: int | None = Field(None, ge=1, strict=True)
+    # None means "not given": the guide's default of 0.7 is applied where it is accepted.
+    # 0-2 as OpenAI-compatible models take it; Claude models take at most 1 (checked per model).
+    temperature: float | None = Field(None, ge=0.0, le=2.0, strict=True)
+    top_p: float | None = Field(None, gt=0.0, le=1.0, strict=True)
+    top_k: int | None = Field(None, ge=1, strict=True)
+    stop_sequences: list[Annotated[str, Field(min_length=1)]] | None = Field(None, max_length=8)
     conversation_id: str | None = Field(None, min_length=1, max_length=200)
     model: str | None = Field(None, min_length=1, max_length=200)
     system: str | list[TextBlock] | None = None
+    # `true` asks for adaptive thinking; an object is passed to the Messages API as is.
+    thinking: bool | ThinkingConfig = False
     metadata: dict[str, Any] | None = None
 
     def system_text(self) -> str | None:
@@ -91,9 +146,17 @@ class ChatRequest(BaseModel):
             return self.system or None
         return "".join(block.text for block in self.system) or None
 
+    @property
+    def has_images(self) -> bool:
+        return any(message.has_images for message in self.messages)
+
 
 def parse_chat_request(body: bytes) -> ChatRequest:
     """Parse and validate a request body, raising errors that name each bad field."""
+    return validate_json(body, ChatRequest)
+
+
+def validate_json(body: bytes, model: type[ModelT]) -> ModelT:
     try:
         data = orjson.loads(body)
     except orjson.JSONDecodeError as exc:
@@ -101,9 +164,13 @@ def parse_chat_request(body: bytes) -> ChatRequest:
     if not isinstance(data, dict):
         raise InvalidField([FieldProblem("body", "must be a JSON object")])
     try:
-        return ChatRequest.model_validate(data)
+        return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidField(problems_from(exc.errors(include_url=False))) from None
+
+
+# Names pydantic gives to union branches and validators; they say nothing to a client.
+_NOISE = ("str", "list[tagged-union[TextBlock,ImageBlock]]", "list[TextBlock]", "bool")
 
 
 def problems_from(errors: Sequence[Mapping[str, Any]]) -> list[FieldProblem]:
@@ -114,8 +181,8 @@ def problems_from(errors: Sequence[Mapping[str, Any]]) -> list[FieldProblem]:
         for part in error["loc"]:
             if isinstance(part, int):
                 path += f"[{part}]"
-            elif part in ("str", "list[TextBlock]"):
-                continue  # union branch names say nothing to a client
+            elif part in _NOISE or str(part).startswith(("function-", "tagged-union")):
+                continue
             else:
                 path += f".{part}" if path else str(part)
         message = error["msg"].removeprefix("Value error, ")

@@ -6,6 +6,7 @@ as many differently configured apps as they like in one process.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Annotated, Literal
 
 from pydantic import Field, SecretStr, field_validator
@@ -15,6 +16,7 @@ from .errors import ConfigError
 
 # The guide's model name (claude-3-5-sonnet-20241022) is retired; this is a current one.
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
+DEFAULT_OPENAI_MODEL = "gpt-5.4-mini"
 MOCK_MODEL = "mock"
 
 
@@ -40,12 +42,15 @@ class Settings(BaseSettings):
     )
 
     # --- provider ---------------------------------------------------------------------------
-    provider: Literal["auto", "anthropic", "mock"] = Field(
+    provider: Literal["auto", "anthropic", "openai", "mock"] = Field(
         "auto", validation_alias="CHATRELAY_PROVIDER"
     )
     model: str | None = Field(None, validation_alias="CHATRELAY_MODEL")
+    models_file: Path | None = Field(None, validation_alias="CHATRELAY_MODELS_FILE")
     anthropic_api_key: SecretStr | None = Field(None, validation_alias="ANTHROPIC_API_KEY")
     anthropic_base_url: str | None = Field(None, validation_alias="ANTHROPIC_BASE_URL")
+    openai_api_key: SecretStr | None = Field(None, validation_alias="OPENAI_API_KEY")
+    openai_base_url: str | None = Field(None, validation_alias="OPENAI_BASE_URL")
     send_temperature: Literal["auto", "always", "never"] = Field(
         "auto", validation_alias="CHATRELAY_SEND_TEMPERATURE"
     )
@@ -78,35 +83,55 @@ class Settings(BaseSettings):
             return [origin.strip() for origin in value.split(",") if origin.strip()]
         return value
 
-    @field_validator("anthropic_api_key", mode="before")
+    @field_validator("anthropic_api_key", "openai_api_key", mode="before")
     @classmethod
     def _blank_key_is_none(cls, value: object) -> object:
         return None if isinstance(value, str) and not value.strip() else value
 
     def check(self) -> None:
         """Raise `ConfigError` for settings the server cannot run with."""
+        if self.models_file is not None:
+            return  # the models file names providers and keys per alias
         if self.provider == "anthropic" and self.anthropic_api_key is None:
             raise ConfigError(
                 "CHATRELAY_PROVIDER=anthropic needs ANTHROPIC_API_KEY: set the key, or set"
                 " CHATRELAY_PROVIDER=mock (or auto) to serve the built-in mock provider"
             )
+        if self.provider_name == "openai":
+            if self.openai_api_key is None and self.openai_base_url is None:
+                raise ConfigError(
+                    "CHATRELAY_PROVIDER=openai needs OPENAI_API_KEY, or OPENAI_BASE_URL for a"
+                    " local server that needs no key"
+                )
+            if self.openai_base_url is not None and not self.model:
+                raise ConfigError(
+                    "OPENAI_BASE_URL is set: also set CHATRELAY_MODEL to the model id that"
+                    " server serves (for example llama3.2)"
+                )
 
     @property
-    def provider_name(self) -> Literal["anthropic", "mock"]:
-        """The provider that is live: `auto` picks anthropic when a key is set."""
-        if self.provider == "auto":
-            return "anthropic" if self.anthropic_api_key else "mock"
-        return self.provider
+    def provider_name(self) -> Literal["anthropic", "openai", "mock"]:
+        """The provider that is live without a models file: `auto` picks by the keys set."""
+        if self.provider != "auto":
+            return self.provider
+        if self.anthropic_api_key:
+            return "anthropic"
+        if self.openai_api_key:
+            return "openai"
+        return "mock"
 
     @property
     def default_model(self) -> str:
         if self.model:
             return self.model
-        return DEFAULT_ANTHROPIC_MODEL if self.provider_name == "anthropic" else MOCK_MODEL
+        return {
+            "anthropic": DEFAULT_ANTHROPIC_MODEL,
+            "openai": DEFAULT_OPENAI_MODEL,
+            "mock": MOCK_MODEL,
+        }[self.provider_name]
 
-    @property
-    def allowed_origins(self) -> list[str]:
-        """CORS origins; any origin only while the (free) mock provider is live."""
+    def allowed_origins(self, only_mock: bool) -> list[str]:
+        """CORS origins; any origin only while nothing but the (free) mock provider is live."""
         if self.cors_origins is not None:
             return self.cors_origins
-        return ["*"] if self.provider_name == "mock" else []
+        return ["*"] if only_mock else []

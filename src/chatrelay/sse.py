@@ -5,6 +5,10 @@ Wire contract (from the seed guide; a frontend written against it must work unch
     id: 1                              <- every frame carries an increasing sequence id
     event: start                       <- named frames carry extra information and never
     data: {"stream_id": ..., ...}         a "content" key, so content-only readers skip them
+                                          (sent once the answering model is known)
+    id: 2
+    event: thinking                    <- extended thinking, only when the request asked
+    data: {"thinking": "..."}
 
     id: 2
     data: {"content": "Hel"}           <- one frame per upstream text delta, in order
@@ -30,12 +34,27 @@ heartbeat interval is a setting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Mapping
-from typing import Any
+from collections.abc import AsyncGenerator, Mapping
+from contextlib import aclosing
+from typing import TYPE_CHECKING, Any
 
 import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
+
+from .events import TextDelta, ThinkingDelta, Usage
+from .relay import Answering, End
+
+if TYPE_CHECKING:
+    from .chat import ChatJob
+
+
+def usage_dict(usage: Usage | None) -> dict[str, int | None]:
+    return {
+        "input_tokens": usage.input_tokens if usage else None,
+        "output_tokens": usage.output_tokens if usage else None,
+    }
+
 
 PING = b": ping\n\n"
 
@@ -59,6 +78,62 @@ def done_frame(seq: int) -> bytes:
     return b"id: %d\ndata: [DONE]\n\n" % seq
 
 
+async def seed_frames(job: ChatJob) -> AsyncGenerator[bytes, None]:
+    """A job's reply in the seed's wire format: start, content..., [error], end, [DONE]."""
+    seq = 0
+    async with aclosing(job.events()) as events:
+        async for event in events:
+            seq += 1
+            kind = type(event)
+            if kind is TextDelta:
+                yield content_frame(seq, event.text)  # type: ignore[union-attr]
+            elif kind is ThinkingDelta:
+                yield json_frame(seq, {"thinking": event.text}, "thinking")  # type: ignore[union-attr]
+            elif kind is Answering:
+                yield json_frame(seq, start_payload(job, event), "start")  # type: ignore[arg-type]
+            else:
+                end: End = event  # type: ignore[assignment]
+                if end.error is not None:
+                    yield json_frame(seq, error_payload(end))
+                    seq += 1
+                yield json_frame(
+                    seq,
+                    {
+                        "reason": "error" if end.error else "completed",
+                        "stop_reason": end.stop_reason,
+                        "usage": usage_dict(end.usage),
+                    },
+                    "end",
+                )
+                yield done_frame(seq + 1)
+
+
+def start_payload(job: ChatJob, answering: Answering) -> dict[str, Any]:
+    spec = answering.target.spec
+    payload: dict[str, Any] = {
+        "stream_id": job.stream_id,
+        "model": spec.alias,
+        "provider": spec.provider,
+        "conversation_id": job.conversation_id,
+    }
+    if answering.fallback_from:
+        payload["requested_model"] = job.requested_model
+        payload["fallback_from"] = list(answering.fallback_from)
+    if job.warnings:
+        payload["warnings"] = job.warnings
+    return payload
+
+
+def error_payload(end: End) -> dict[str, Any]:
+    """The seed's error frame: a message safe to show, a machine code, maybe a retry hint."""
+    assert end.error is not None
+    error: dict[str, Any] = {"error": end.error.message, "code": end.error.code}
+    retry_after = getattr(end.error, "retry_after", None)
+    if retry_after is not None:
+        error["retry_after"] = round(retry_after, 3)
+    return error
+
+
 class EventStreamResponse(Response):
     """Streams pre-encoded SSE frames, with heartbeats, and stops its producer on disconnect."""
 
@@ -66,7 +141,7 @@ class EventStreamResponse(Response):
 
     def __init__(
         self,
-        frames: AsyncIterator[bytes],
+        frames: AsyncGenerator[bytes, None],
         *,
         heartbeat_s: float,
         headers: Mapping[str, str] | None = None,
@@ -111,7 +186,7 @@ class EventStreamResponse(Response):
             watcher.cancel()
             heartbeat.cancel()
             # Closes the producer chain (and so the upstream request) if it is still suspended.
-            await self.frames.aclose()  # type: ignore[attr-defined]
+            await self.frames.aclose()
 
     async def _watch_disconnect(self, receive: Receive, producer: asyncio.Task[Any]) -> None:
         while True:

@@ -1,31 +1,40 @@
-"""Model providers. Only the configured provider's SDK is imported (each costs memory)."""
+"""Model providers. Only the SDKs of providers in use are imported (each costs memory)."""
 
 from __future__ import annotations
 
+from ..models import ModelSpec
 from ..settings import Settings
 from .base import ChatParams, Provider
 
-__all__ = ["ChatParams", "Provider", "build_provider"]
+__all__ = ["ChatParams", "Provider", "create_provider"]
 
 
-def build_provider(settings: Settings) -> Provider:
-    """Create the live provider (and its client) from the settings."""
-    name = settings.provider_name
-    if name == "mock":
+def create_provider(spec: ModelSpec, api_key: str | None, settings: Settings) -> Provider:
+    """A provider (with its own client and connection pool) for one alias's upstream."""
+    # The relay enforces the first-token timeout itself; the SDK's read timeout must not fire
+    # before it.
+    read_timeout = max(settings.read_timeout_s, settings.first_token_timeout_s)
+    if spec.provider == "mock":
         from .mock import MockProvider
 
         return MockProvider(delay_s=settings.mock_delay_s)
-    settings.check()
-    assert settings.anthropic_api_key is not None
-    from .anthropic import AnthropicProvider
+    assert api_key is not None
+    if spec.provider == "anthropic":
+        from .anthropic import AnthropicProvider
 
-    return AnthropicProvider.from_settings(
-        api_key=settings.anthropic_api_key.get_secret_value(),
-        base_url=settings.anthropic_base_url,
+        return AnthropicProvider.create(
+            api_key=api_key,
+            base_url=spec.base_url,
+            connect_timeout=settings.connect_timeout_s,
+            read_timeout=read_timeout,
+            max_connections=settings.max_connections,
+        )
+    from .openai import OpenAIProvider
+
+    return OpenAIProvider.create(
+        api_key=api_key,
+        base_url=spec.base_url,
         connect_timeout=settings.connect_timeout_s,
-        # The relay enforces the first-token timeout itself; the SDK's read timeout must not
-        # fire before it.
-        read_timeout=max(settings.read_timeout_s, settings.first_token_timeout_s),
+        read_timeout=read_timeout,
         max_connections=settings.max_connections,
-        temperature=settings.send_temperature,
     )

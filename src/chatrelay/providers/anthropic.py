@@ -11,19 +11,16 @@ Facts this module is built on (measured on anthropic 2.12, see docs/ARCHITECTURE
 - An `event: error` mid-stream is mapped by its `error.type`. A cut connection arrives as a raw
   `httpx2` error, and a body that just ends without `message_stop` is not an error to the SDK:
   the relay treats a stream without `Stop` as one.
-- `temperature` is no longer a keyword of the SDK; it goes in `extra_body`, and only to models
-  that still accept it (Claude models from Opus 4.7 and Sonnet 5 on answer 400 to it).
+- `temperature`, `top_p` and `top_k` are no longer keywords of the SDK; they go in
+  `extra_body` (the service sends them only to models that accept them, see models.py).
 """
 
 from __future__ import annotations
 
-import email.utils
 import logging
-import re
-import time
 import warnings
 from collections.abc import AsyncGenerator
-from typing import Any, Literal
+from typing import Any
 
 import anthropic
 import httpx2
@@ -39,55 +36,12 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from ..events import ProviderEvent, Stop, TextDelta, Usage
-from .base import DEFAULT_TEMPERATURE, ChatParams
+from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
+from .base import ChatParams
 from .sse_decoder import SSEDecoder
+from .upstream_errors import error_for_status
 
 log = logging.getLogger("chatrelay.providers.anthropic")
-
-# Families and the first version that rejects sampling parameters. A model of a newer family
-# than these, or one we cannot parse, is assumed to reject them too: an unknown new model then
-# loses a temperature rather than failing every request with a 400.
-_SAMPLING_CUTOFF = {"opus": (4, 7), "sonnet": (5, 0), "haiku": (5, 5)}
-_LEGACY_ID = re.compile(r"claude-\d+(?:-\d+)?-[a-z]")  # claude-3-5-sonnet-..., claude-3-opus-...
-_CLAUDE_ID = re.compile(r"claude-([a-z]+)-(\d+)(?:-(\d{1,2})(?!\d))?")
-
-TemperaturePolicy = Literal["auto", "always", "never"]
-
-
-def accepts_temperature(model: str) -> bool:
-    """Whether a Claude model id accepts `temperature` (older models do, newer ones reject it)."""
-    if _LEGACY_ID.search(model):
-        return True
-    match = _CLAUDE_ID.search(model)
-    if match is None:
-        return False
-    family, major, minor = match.groups()
-    cutoff = _SAMPLING_CUTOFF.get(family)
-    if cutoff is None:
-        return False
-    return (int(major), int(minor or 0)) < cutoff
-
-
-def retry_after_seconds(headers: httpx2.Headers) -> float | None:
-    """The upstream's requested wait, from `retry-after-ms` or `retry-after` (seconds or date)."""
-    if (ms := headers.get("retry-after-ms")) is not None:
-        try:
-            return max(0.0, float(ms) / 1000)
-        except ValueError:
-            pass
-    value = headers.get("retry-after")
-    if value is None:
-        return None
-    try:
-        return max(0.0, float(value))
-    except ValueError:
-        try:
-            when = email.utils.parsedate_to_datetime(value)
-        except (TypeError, ValueError):
-            return None
-        return max(0.0, when.timestamp() - time.time())
-
 
 _BY_TYPE: dict[str, type[UpstreamError]] = {
     "overloaded_error": UpstreamOverloaded,
@@ -104,31 +58,9 @@ _BY_TYPE: dict[str, type[UpstreamError]] = {
 
 
 def map_status_error(exc: anthropic.APIStatusError) -> UpstreamError:
-    """Translate an SDK status error (HTTP or in-stream) into our error tree."""
-    status = exc.status_code
-    kind: type[UpstreamError]
-    if status == 200:  # an `event: error` frame inside the stream
-        kind = _BY_TYPE.get(str(exc.type), UpstreamFailed)
-    elif status == 429:
-        kind = UpstreamRateLimited
-    elif status in (503, 529):
-        kind = UpstreamOverloaded
-    elif status in (401, 402, 403):
-        kind = UpstreamAuthError
-    elif status in (408, 504):
-        kind = UpstreamTimeout
-    elif 400 <= status < 500:
-        kind = UpstreamRejected
-    else:
-        kind = UpstreamFailed
+    """Translate an SDK status error into our error tree."""
     detail = exc.api_message if isinstance(exc.api_message, str) else ""
-    retryable = kind.retryable or status in (408, 500, 502, 504) or exc.type == "api_error"
-    return kind(
-        detail or f"HTTP {status}",
-        retry_after=retry_after_seconds(exc.response.headers),
-        retryable=retryable,
-        request_id=exc.request_id,
-    )
+    return error_for_status(exc.status_code, detail, exc.response.headers, exc.request_id)
 
 
 _USAGE_EVENTS = (b"message_start", b"message_delta")
@@ -178,12 +110,11 @@ class AnthropicProvider:
 
     name = "anthropic"
 
-    def __init__(self, client: anthropic.AsyncAnthropic, temperature: TemperaturePolicy) -> None:
+    def __init__(self, client: anthropic.AsyncAnthropic) -> None:
         self._client = client
-        self._temperature = temperature
 
     @classmethod
-    def from_settings(
+    def create(
         cls,
         *,
         api_key: str,
@@ -191,7 +122,6 @@ class AnthropicProvider:
         connect_timeout: float,
         read_timeout: float,
         max_connections: int,
-        temperature: TemperaturePolicy,
     ) -> AnthropicProvider:
         http_client = anthropic.DefaultAsyncHttpxClient(
             # The SDK's default pool (1,000 connections, 100 kept alive) would queue or
@@ -212,23 +142,15 @@ class AnthropicProvider:
         warnings.filterwarnings(
             "ignore", message=r"The model '.*' is deprecated", category=DeprecationWarning
         )
-        return cls(client, temperature)
-
-    def _sends_temperature(self, model: str) -> bool:
-        if self._temperature == "auto":
-            return accepts_temperature(model)
-        return self._temperature == "always"
+        return cls(client)
 
     def check(self, params: ChatParams) -> None:
         return None
 
     def warnings(self, params: ChatParams) -> list[str]:
-        notes = []
-        if params.temperature is not None and not self._sends_temperature(params.model):
-            notes.append(f"temperature is not accepted by {params.model} and was not sent")
         if (retired_on := DEPRECATED_MODELS.get(params.model)) is not None:
-            notes.append(f"{params.model} is deprecated and reaches end-of-life on {retired_on}")
-        return notes
+            return [f"{params.model} is deprecated and reaches end-of-life on {retired_on}"]
+        return []
 
     def _request(self, params: ChatParams) -> dict[str, Any]:
         request: dict[str, Any] = {
@@ -239,9 +161,21 @@ class AnthropicProvider:
         }
         if params.system:
             request["system"] = params.system
-        if self._sends_temperature(params.model):
-            temperature = DEFAULT_TEMPERATURE if params.temperature is None else params.temperature
-            request["extra_body"] = {"temperature": temperature}
+        if params.stop_sequences:
+            request["stop_sequences"] = params.stop_sequences
+        if params.thinking is not None:
+            request["thinking"] = params.thinking
+        sampling = {
+            name: value
+            for name, value in (
+                ("temperature", params.temperature),
+                ("top_p", params.top_p),
+                ("top_k", params.top_k),
+            )
+            if value is not None
+        }
+        if sampling:
+            request["extra_body"] = sampling
         return request
 
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
@@ -257,8 +191,11 @@ class AnthropicProvider:
                     for event, data in decoder.feed(chunk):
                         if event == b"content_block_delta":
                             delta = orjson.loads(data)["delta"]
-                            if delta["type"] == "text_delta":
+                            kind = delta["type"]
+                            if kind == "text_delta":
                                 yield TextDelta(delta["text"])
+                            elif kind == "thinking_delta":
+                                yield ThinkingDelta(delta["thinking"])
                         elif event == b"message_stop":
                             yield Stop(usage.stop_reason)
                             return

@@ -8,19 +8,24 @@ from typing import Any, Protocol
 
 from ..events import ProviderEvent
 
-# The guide's default, applied only where the model accepts a temperature.
-DEFAULT_TEMPERATURE = 0.7
-
 
 @dataclass(slots=True, frozen=True)
 class ChatParams:
-    """What a provider needs to produce one reply, independent of any wire format."""
+    """What a provider needs to produce one reply, independent of any wire format.
+
+    Sampling parameters are already resolved for the model: None means "do not send".
+    Messages and content blocks are in the Messages API shape.
+    """
 
     model: str
     messages: list[dict[str, Any]]
     max_tokens: int
     system: str | None = None
-    temperature: float | None = None  # None: not asked for by the client
+    temperature: float | None = None
+    top_p: float | None = None
+    top_k: int | None = None
+    stop_sequences: list[str] | None = None
+    thinking: dict[str, Any] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
 
 
@@ -38,7 +43,7 @@ class Provider(Protocol):
         ...
 
     def warnings(self, params: ChatParams) -> list[str]:
-        """Notes for the client about how its request was adapted (e.g. a dropped parameter)."""
+        """Notes for the client about its request (e.g. a deprecated model)."""
         ...
 
     async def aclose(self) -> None:

@@ -24,7 +24,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from ..events import ProviderEvent, Stop, TextDelta, Usage
+from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
 
 FAILURES: dict[str, type[UpstreamError]] = {
@@ -132,6 +132,9 @@ class MockProvider:
         if options.first_token_delay_s:
             await asyncio.sleep(options.first_token_delay_s)
         yield Usage(input_tokens=estimate_tokens(params), output_tokens=0)
+        if params.thinking is not None:
+            for piece in ("Let me think ", "about that. "):
+                yield ThinkingDelta(piece)
         for sent, piece in enumerate(pieces):
             if sent == options.fail_after:
                 raise FAILURES[options.fail_code](f"mock failure after {sent} pieces")

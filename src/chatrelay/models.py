@@ -1,0 +1,243 @@
+"""Named models: which alias goes to which provider, upstream model and key, and what to try
+when it fails.
+
+The aliases come from a models file (TOML, `CHATRELAY_MODELS_FILE`) or, without one, from the
+environment: the provider it selects serves `CHATRELAY_MODEL` as the single default alias. The
+mock provider is always reachable as the alias `mock` (unless the file defines that name).
+
+    default = "claude"
+
+    [models.claude]
+    provider = "anthropic"
+    model = "claude-sonnet-5-5"
+    fallbacks = ["local"]
+
+    [models.local]
+    provider = "openai"
+    model = "llama3.2"
+    base_url = "http://127.0.0.1:11434/v1"
+
+Keys are never written in the file: `api_key_env` names the environment variable that holds
+one. An alias whose key is missing is reported at startup and refused at request time; the
+other aliases keep serving.
+"""
+
+from __future__ import annotations
+
+import os
+import re
+import tomllib
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from .errors import ConfigError
+from .settings import Settings
+
+ProviderKind = Literal["anthropic", "openai", "mock"]
+DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
+# Local OpenAI-compatible servers (Ollama, vLLM, llama.cpp) need no key, but the SDK insists
+# on a non-empty one.
+PLACEHOLDER_KEY = "not-needed"
+
+# Claude families and the first version that rejects sampling parameters (temperature, top_p,
+# top_k) with a 400. A family not listed here, or an id we cannot parse, is assumed to reject
+# them: a new model then loses a temperature rather than failing every request.
+_CLAUDE_SAMPLING_CUTOFF = {"opus": (4, 7), "sonnet": (5, 0), "haiku": (5, 5)}
+_CLAUDE_LEGACY_ID = re.compile(r"claude-\d+(?:-\d+)?-[a-z]")  # claude-3-5-sonnet-...
+_CLAUDE_ID = re.compile(r"claude-([a-z]+)-(\d+)(?:-(\d{1,2})(?!\d))?")
+# OpenAI's reasoning models accept no temperature but the default.
+_OPENAI_REASONING_ID = re.compile(r"^(?:openai/)?(?:o\d|gpt-5|gpt-6)")
+
+
+def claude_accepts_sampling(model: str) -> bool:
+    """Whether a Claude model id accepts `temperature`/`top_p`/`top_k`."""
+    if _CLAUDE_LEGACY_ID.search(model):
+        return True
+    match = _CLAUDE_ID.search(model)
+    if match is None:
+        return False
+    family, major, minor = match.groups()
+    cutoff = _CLAUDE_SAMPLING_CUTOFF.get(family)
+    return cutoff is not None and (int(major), int(minor or 0)) < cutoff
+
+
+@dataclass(frozen=True, slots=True)
+class ModelSpec:
+    """One alias: where it goes and what it accepts."""
+
+    alias: str
+    provider: ProviderKind
+    model: str
+    base_url: str | None = None
+    api_key_env: str | None = None
+    max_tokens: int | None = None
+    temperature: bool | None = None  # accepts sampling parameters; None: judged by model id
+    vision: bool | None = None  # accepts images; None: Claude and the mock do
+    fallbacks: tuple[str, ...] = ()
+
+    @property
+    def accepts_sampling(self) -> bool:
+        if self.temperature is not None:
+            return self.temperature
+        if self.provider == "anthropic":
+            return claude_accepts_sampling(self.model)
+        if self.provider == "openai":
+            return _OPENAI_REASONING_ID.match(self.model) is None
+        return True
+
+    @property
+    def accepts_images(self) -> bool:
+        return self.vision if self.vision is not None else self.provider != "openai"
+
+
+class _FileModel(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    provider: ProviderKind
+    model: str = Field(min_length=1)
+    base_url: str | None = Field(None, pattern=r"^https?://")
+    api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
+    max_tokens: int | None = Field(None, ge=1)
+    temperature: bool | None = None
+    vision: bool | None = None
+    fallbacks: list[str] = Field(default_factory=list)
+
+
+class _File(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    default: str | None = None
+    models: dict[str, _FileModel] = Field(min_length=1)
+
+    @model_validator(mode="after")
+    def _references_exist(self) -> _File:
+        if self.default is not None and self.default not in self.models:
+            raise ValueError(f"default {self.default!r} is not a model defined in [models]")
+        for alias, spec in self.models.items():
+            for name in spec.fallbacks:
+                if name not in self.models:
+                    raise ValueError(f"models.{alias}.fallbacks: {name!r} is not a defined model")
+                if name == alias:
+                    raise ValueError(
+                        f"models.{alias}.fallbacks: a model cannot fall back to itself"
+                    )
+        return self
+
+
+@dataclass(slots=True)
+class ModelsConfig:
+    """The aliases, the default one, and the aliases that cannot serve (with the reason)."""
+
+    specs: dict[str, ModelSpec]
+    default: str
+    keys: dict[str, str] = field(default_factory=dict)  # alias -> API key
+    unavailable: dict[str, str] = field(default_factory=dict)  # alias -> why
+
+
+def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
+    """Parse a models file; errors name the file and the line."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"CHATRELAY_MODELS_FILE: cannot read {path}: {exc.strerror}") from None
+    try:
+        raw = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path}: {exc}") from None
+    try:
+        parsed = _File.model_validate(raw)
+    except ValidationError as exc:
+        error = exc.errors(include_url=False)[0]
+        loc = [str(part) for part in error["loc"]]
+        where = ".".join(loc) or "file"
+        line = _line_of(text, loc)
+        at = f" line {line}" if line else ""
+        raise ConfigError(f"{path}{at}: {where}: {error['msg']}") from None
+    specs = {
+        alias: ModelSpec(
+            alias=alias,
+            provider=entry.provider,
+            model=entry.model,
+            base_url=entry.base_url,
+            api_key_env=entry.api_key_env,
+            max_tokens=entry.max_tokens,
+            temperature=entry.temperature,
+            vision=entry.vision,
+            fallbacks=tuple(entry.fallbacks),
+        )
+        for alias, entry in parsed.models.items()
+    }
+    return specs, parsed.default
+
+
+def _line_of(text: str, loc: list[str]) -> int | None:
+    """The line of `[models.<alias>]` or of a key inside it: where a person should look."""
+    lines = text.splitlines()
+    if len(loc) >= 2 and loc[0] == "models":
+        header = re.compile(rf"^\s*\[\s*models\.\"?{re.escape(loc[1])}\"?\s*\]")
+        start = next((i for i, line in enumerate(lines) if header.match(line)), None)
+        if start is None:
+            return None
+        if len(loc) >= 3:
+            key = re.compile(rf"^\s*{re.escape(loc[2])}\s*=")
+            for i in range(start + 1, len(lines)):
+                if lines[i].lstrip().startswith("["):
+                    break
+                if key.match(lines[i]):
+                    return i + 1
+        return start + 1
+    if loc:
+        key = re.compile(rf"^\s*{re.escape(loc[0])}\s*=")
+        return next((i + 1 for i, line in enumerate(lines) if key.match(line)), None)
+    return None
+
+
+def resolve_keys(config: ModelsConfig, env: dict[str, str]) -> None:
+    """Find each alias's key in `env`; an alias without one becomes unavailable."""
+    for alias, spec in config.specs.items():
+        if spec.provider == "mock":
+            continue
+        name = spec.api_key_env or DEFAULT_KEY_ENV[spec.provider]
+        key = env.get(name, "").strip()
+        if key:
+            config.keys[alias] = key
+        elif spec.provider == "openai" and spec.api_key_env is None and spec.base_url:
+            config.keys[alias] = PLACEHOLDER_KEY  # a local server
+        else:
+            config.unavailable[alias] = f"its API key variable {name} is not set"
+
+
+def key_environment(dotenv: Path | None) -> dict[str, str]:
+    """The process environment over the `.env` file's values (pydantic-settings' order)."""
+    values: dict[str, str] = {}
+    if dotenv is not None and dotenv.is_file():
+        from dotenv import dotenv_values
+
+        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
+    values.update(os.environ)
+    return values
+
+
+def models_config(settings: Settings) -> ModelsConfig:
+    """The aliases from the models file, or the single default alias the environment selects."""
+    if settings.models_file is not None:
+        specs, default = load_models_file(settings.models_file)
+        config = ModelsConfig(specs, default or next(iter(specs)))
+        resolve_keys(config, key_environment(Path(".env")))
+    else:
+        kind = settings.provider_name
+        policy = {"auto": None, "always": True, "never": False}[settings.send_temperature]
+        base_url = {"anthropic": settings.anthropic_base_url, "openai": settings.openai_base_url}
+        alias = settings.default_model
+        spec = ModelSpec(alias, kind, alias, base_url=base_url.get(kind), temperature=policy)
+        config = ModelsConfig({alias: spec}, alias)
+        secret = {"anthropic": settings.anthropic_api_key, "openai": settings.openai_api_key}
+        if kind != "mock":
+            key = secret[kind]
+            config.keys[alias] = key.get_secret_value() if key else PLACEHOLDER_KEY
+    if "mock" not in config.specs:
+        config.specs["mock"] = ModelSpec("mock", "mock", "mock")
+    return config

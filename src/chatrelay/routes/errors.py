@@ -1,0 +1,57 @@
+"""Errors as HTTP responses: our JSON shape, or OpenAI's on the OpenAI-compatible routes.
+
+The exception classes carry their HTTP status and machine code (errors.py); this module is
+the one place that turns them into response bodies and headers.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi.responses import JSONResponse
+
+from ..errors import ChatRelayError, UpstreamError
+
+# Our codes as OpenAI error `type`s, where the status alone would not say it.
+_OPENAI_TYPES = {
+    400: "invalid_request_error",
+    401: "authentication_error",
+    403: "permission_error",
+    404: "not_found_error",
+    413: "invalid_request_error",
+    422: "invalid_request_error",
+    429: "rate_limit_error",
+}
+
+
+def _headers(exc: ChatRelayError) -> dict[str, str]:
+    if isinstance(exc, UpstreamError) and exc.retry_after is not None:
+        return {"retry-after": str(max(1, round(exc.retry_after)))}
+    return {}
+
+
+def error_response(exc: ChatRelayError, **extra: object) -> JSONResponse:
+    """`{"error": {"code", "message", ["fields"]}}` with the error's status."""
+    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
+    problems = getattr(exc, "problems", None)
+    if problems:
+        body["fields"] = [{"field": p.field, "message": p.message} for p in problems]
+    body.update({k: v for k, v in extra.items() if v is not None})
+    return JSONResponse({"error": body}, status_code=exc.status, headers=_headers(exc))
+
+
+def openai_error_body(exc: ChatRelayError) -> dict[str, Any]:
+    problems = getattr(exc, "problems", None)
+    return {
+        "error": {
+            "message": exc.message,
+            "type": _OPENAI_TYPES.get(exc.status, "api_error"),
+            "param": problems[0].field if problems else None,
+            "code": exc.code,
+        }
+    }
+
+
+def openai_error_response(exc: ChatRelayError) -> JSONResponse:
+    """OpenAI's error shape, which its SDKs parse: `{"error": {message, type, param, code}}`."""
+    return JSONResponse(openai_error_body(exc), status_code=exc.status, headers=_headers(exc))

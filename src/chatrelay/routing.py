@@ -1,0 +1,80 @@
+"""The router: model aliases -> live providers, with each alias's fallback chain."""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from .errors import ModelUnavailable, UnknownModel
+from .models import ModelsConfig, ModelSpec, models_config
+from .providers import Provider, create_provider
+from .settings import Settings
+
+log = logging.getLogger("chatrelay.routing")
+
+
+@dataclass(frozen=True, slots=True)
+class Target:
+    """One model to try: its alias's spec and the provider that serves it."""
+
+    spec: ModelSpec
+    provider: Provider
+
+
+class Router:
+    """Knows every alias and hands out the ordered targets for a requested model."""
+
+    def __init__(self, config: ModelsConfig, providers: dict[str, Provider]) -> None:
+        self.config = config
+        self._providers = providers  # alias -> provider (shared between aliases where possible)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Router:
+        config = models_config(settings)
+        shared: dict[tuple[str, str | None, str | None], Provider] = {}
+        providers: dict[str, Provider] = {}
+        for alias, spec in config.specs.items():
+            if alias in config.unavailable:
+                log.error("model %r cannot serve: %s", alias, config.unavailable[alias])
+                continue
+            key = config.keys.get(alias)
+            # One client (and connection pool) per upstream and key, whatever the aliases.
+            identity = (spec.provider, spec.base_url, key)
+            if identity not in shared:
+                shared[identity] = create_provider(spec, key, settings)
+            providers[alias] = shared[identity]
+        return cls(config, providers)
+
+    @property
+    def aliases(self) -> list[str]:
+        return list(self.config.specs)
+
+    @property
+    def default(self) -> str:
+        return self.config.default
+
+    @property
+    def only_mock(self) -> bool:
+        return all(spec.provider == "mock" for spec in self.config.specs.values())
+
+    def describe(self) -> str:
+        spec = self.config.specs[self.default]
+        return f"model={self.default} provider={spec.provider}"
+
+    def targets(self, requested: str | None) -> list[Target]:
+        """The requested alias (or the default) first, then its available fallbacks."""
+        alias = requested or self.default
+        spec = self.config.specs.get(alias)
+        if spec is None:
+            raise UnknownModel(alias, self.aliases)
+        if alias in self.config.unavailable:
+            raise ModelUnavailable(alias, self.config.unavailable[alias])
+        chain = [Target(spec, self._providers[alias])]
+        for name in spec.fallbacks:
+            if name in self._providers:
+                chain.append(Target(self.config.specs[name], self._providers[name]))
+        return chain
+
+    async def aclose(self) -> None:
+        for provider in {id(p): p for p in self._providers.values()}.values():
+            await provider.aclose()
