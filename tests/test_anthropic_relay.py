@@ -13,6 +13,7 @@ from typing import Any
 import httpx
 import pytest
 
+from chatrelay.logs import JSONFormatter
 from chatrelay.settings import Settings
 
 from .conftest import USER_HI, StreamResult, make_settings, serve, stream_chat
@@ -280,7 +281,9 @@ async def test_the_key_never_appears_in_logs_or_frames(
         succeeded = await stream_chat(client, url, {"messages": USER_HI})
     assert failed.errors[0]["code"] == "upstream_auth"
     assert succeeded.named("end")["reason"] == "completed"
-    everything = caplog.text + json.dumps([e.data for e in failed.events + succeeded.events])
+    # Every field of every log line, as the server's own formatter writes them.
+    lines = "\n".join(JSONFormatter().format(record) for record in caplog.records)
+    everything = lines + json.dumps([e.data for e in failed.events + succeeded.events])
     assert "stream" in caplog.text  # the log did record the streams
     assert SECRET_KEY not in everything
     assert "0123456789" not in everything

@@ -131,3 +131,27 @@ def test_version_and_help() -> None:
     assert "serve" in result.stdout
     version = subprocess.run(chatrelay("--version"), capture_output=True, text=True, check=True)
     assert "0.1.0" in version.stdout
+
+
+def test_a_bad_models_file_stops_the_server_naming_the_line(tmp_path: Path) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text('[models.claude]\nprovider = "anthropic"\nmodel = claude-sonnet-5-5\n')
+    result = subprocess.run(
+        chatrelay("serve", "--port", str(free_port())),
+        env=env(CHATRELAY_MODELS_FILE=str(models)),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=20,
+    )
+    assert result.returncode != 0
+    assert f"{models}: Invalid value (at line 3, column 9)" in result.stderr
+
+
+def test_the_example_models_file_is_valid(tmp_path: Path) -> None:
+    from chatrelay.models import load_models_file
+
+    example = Path(__file__).parent.parent / "models.example.toml"
+    specs, default = load_models_file(example)
+    assert default in specs
+    assert all(name in specs for spec in specs.values() for name in spec.fallbacks)

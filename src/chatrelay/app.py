@@ -14,7 +14,10 @@ from starlette.exceptions import HTTPException
 
 from . import __version__
 from .chat import ChatService
+from .conversations import Conversations
+from .db import create_engine, upgrade
 from .errors import ChatRelayError, InvalidField, RequestError
+from .logs import hide_secrets
 from .models import models_config
 from .relay import Relay, RetryPolicy
 from .routes import chat, health, openai
@@ -22,6 +25,7 @@ from .routes.errors import error_response, openai_error_response
 from .routing import Router
 from .schemas import problems_from
 from .settings import Settings
+from .store import Store
 
 log = logging.getLogger("chatrelay")
 
@@ -31,11 +35,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or Settings()
     settings.check()
     # Read the models file now, so a bad one stops the server before it listens.
-    only_mock = all(spec.provider == "mock" for spec in models_config(settings).specs.values())
+    models = models_config(settings)
+    hide_secrets(*models.keys.values())
+    only_mock = all(spec.provider == "mock" for spec in models.specs.values())
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        router = Router.from_settings(settings)
+        engine = create_engine(settings.database_url, settings.db_pool_size)
+        await upgrade(engine)
+        store = Store(engine, settings.conversation_lock_s)
+        app.state.store = store
+        router = Router.build(models, settings)
         relay = Relay(
             first_token_timeout_s=settings.first_token_timeout_s,
             retry=RetryPolicy(
@@ -44,7 +54,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retry_after_cap_s=settings.retry_after_cap_s,
             ),
         )
-        app.state.chat = ChatService(router, relay, settings.max_tokens_limit)
+        conversations = Conversations(store, settings.history_budget_tokens)
+        app.state.chat = ChatService(router, relay, settings.max_tokens_limit, conversations)
         log.info(
             "chatrelay %s serving %s (models: %s)",
             __version__,
@@ -55,6 +66,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             yield
         finally:
             await router.aclose()
+            await store.close()
 
     app = FastAPI(title="chatrelay", version=__version__, lifespan=lifespan)
     app.state.settings = settings

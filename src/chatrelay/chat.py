@@ -8,7 +8,9 @@ the log line of every reply live here, so tests drive them without HTTP.
 
 from __future__ import annotations
 
+import dataclasses
 import logging
+import math
 import time
 import uuid
 from collections.abc import AsyncGenerator
@@ -16,6 +18,7 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .conversations import Conversations, Turn
 from .errors import ChatRelayError, FieldProblem, InvalidField, Unsupported
 from .events import TextDelta, ThinkingDelta, Usage
 from .models import ModelSpec
@@ -23,6 +26,7 @@ from .providers import ChatParams
 from .relay import Answering, End, Relay, RelayEvent
 from .routing import Router, Target
 from .schemas import ChatRequest
+from .store import Reply
 
 log = logging.getLogger("chatrelay.chat")
 
@@ -37,59 +41,99 @@ class ChatJob:
 
     stream_id: str
     requested_model: str
-    conversation_id: str | None
+    requested_conversation: str | None
     plan: list[tuple[Target, ChatParams]]
     relay: Relay
     thinking: bool = False
     warnings: list[str] = field(default_factory=list)
     created: int = field(default_factory=lambda: int(time.time()))
+    turn: Turn | None = None
+    conversations: Conversations | None = None
+
+    @property
+    def conversation_id(self) -> str | None:
+        return self.turn.conversation_id if self.turn else self.requested_conversation
 
     async def events(self) -> AsyncGenerator[RelayEvent, None]:
-        """The relay's events, and one log line when the reply ends (however it ends)."""
+        """The relay's events; when the reply ends (however it ends) it is stored and logged."""
         started = time.perf_counter()
         first_at: float | None = None
-        deltas = 0
+        text: list[str] = []
+        thinking: list[str] = []
         model = self.requested_model
         end: End | None = None
         try:
             async with aclosing(self.relay.run(self.plan)) as events:
                 async for event in events:
                     kind = type(event)
-                    if kind is TextDelta or kind is ThinkingDelta:
+                    if kind is TextDelta:
                         if first_at is None:
                             first_at = time.perf_counter()
-                        deltas += 1
+                        text.append(event.text)  # type: ignore[union-attr]
+                    elif kind is ThinkingDelta:
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                        thinking.append(event.text)  # type: ignore[union-attr]
                     elif kind is Answering:
                         model = event.target.spec.alias  # type: ignore[union-attr]
                     else:
                         end = event  # type: ignore[assignment]
                     yield event
         finally:
-            self._log_end(model, end, deltas, started, first_at)
+            error = end.error if end else None
+            outcome = "disconnected" if end is None else "error" if error else "completed"
+            reply = Reply(
+                content="".join(text),
+                model=model,
+                stream_id=self.stream_id,
+                end_reason=outcome,
+                stop_reason=end.stop_reason if end else None,
+                error_code=error.code if error else None,
+                ttft_ms=round((first_at - started) * 1000) if first_at else None,
+                duration_ms=round((time.perf_counter() - started) * 1000),
+                thinking="".join(thinking) or None,
+            )
+            self._count_tokens(reply, end.usage if end else None)
+            self._log_end(reply, end)
+            if self.turn is not None and self.conversations is not None:
+                await self.conversations.end(self.turn, reply)
 
-    def _log_end(
-        self, model: str, end: End | None, deltas: int, started: float, first_at: float | None
-    ) -> None:
+    def _count_tokens(self, reply: Reply, usage: Usage | None) -> None:
+        """The upstream's counts, or an estimate (flagged) where it gave none."""
+        reply.input_tokens = usage.input_tokens if usage else None
+        reply.output_tokens = usage.output_tokens if usage else None
+        if reply.input_tokens is None:
+            chars = (
+                self.turn.input_chars
+                if self.turn
+                else sum(len(str(m["content"])) for m in self.plan[0][1].messages)
+            )
+            reply.input_tokens, reply.usage_estimated = math.ceil(chars / 4), True
+        if reply.output_tokens is None:
+            chars = len(reply.content) + len(reply.thinking or "")
+            reply.output_tokens, reply.usage_estimated = math.ceil(chars / 4), True
+
+    def _log_end(self, reply: Reply, end: End | None) -> None:
         error = end.error if end else None
-        outcome = "disconnected" if end is None else "error" if error else "completed"
         log.info(
             "stream %s ended: %s",
             self.stream_id,
-            outcome,
+            reply.end_reason,
             extra={
                 "stream_id": self.stream_id,
-                "model": model,
-                "outcome": outcome,
-                "stop_reason": end.stop_reason if end else None,
-                "error_code": error.code if error else None,
+                "conversation_id": self.conversation_id,
+                "model": reply.model,
+                "outcome": reply.end_reason,
+                "stop_reason": reply.stop_reason,
+                "error_code": reply.error_code,
                 "error_detail": getattr(error, "detail", None),
                 "upstream_request_id": getattr(error, "request_id", None),
-                "deltas": deltas,
                 "attempts": end.attempts if end else None,
-                "ttft_ms": round((first_at - started) * 1000, 1) if first_at else None,
-                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
-                "input_tokens": end.usage.input_tokens if end and end.usage else None,
-                "output_tokens": end.usage.output_tokens if end and end.usage else None,
+                "ttft_ms": reply.ttft_ms,
+                "duration_ms": reply.duration_ms,
+                "input_tokens": reply.input_tokens,
+                "output_tokens": reply.output_tokens,
+                "usage_estimated": reply.usage_estimated,
             },
         )
 
@@ -132,13 +176,23 @@ async def complete(job: ChatJob) -> Completion:
 class ChatService:
     """Accepts chat requests and prepares their jobs."""
 
-    def __init__(self, router: Router, relay: Relay, max_tokens_limit: int) -> None:
+    def __init__(
+        self,
+        router: Router,
+        relay: Relay,
+        max_tokens_limit: int,
+        conversations: Conversations | None = None,
+    ) -> None:
         self.router = router
         self.relay = relay
         self.max_tokens_limit = max_tokens_limit
+        self.conversations = conversations
 
-    def start(self, request: ChatRequest) -> ChatJob:
-        """Check the request against its models and plan the job (nothing is sent yet)."""
+    async def start(self, request: ChatRequest, owner: str, *, persist: bool = True) -> ChatJob:
+        """Check the request, record it in its conversation, and plan the job.
+
+        Nothing is sent upstream yet: that happens when the job's events are read.
+        """
         if request.max_tokens is not None and request.max_tokens > self.max_tokens_limit:
             raise InvalidField(
                 [FieldProblem("max_tokens", f"must be at most {self.max_tokens_limit}")]
@@ -165,15 +219,22 @@ class ChatService:
         warnings = self._warnings(request, primary.spec) + primary.provider.warnings(params)
         for warning in warnings:
             log.warning("%s", warning)
-        return ChatJob(
+        job = ChatJob(
             stream_id=uuid.uuid4().hex,
             requested_model=primary.spec.alias,
-            conversation_id=request.conversation_id,
+            requested_conversation=request.conversation_id,
             plan=plan,
             relay=self.relay,
             thinking=params.thinking is not None,
             warnings=warnings,
         )
+        if persist and self.conversations is not None:
+            turn = await self.conversations.begin(
+                request.conversation_id, params.messages, owner, job.stream_id, job.requested_model
+            )
+            job.turn, job.conversations = turn, self.conversations
+            job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
+        return job
 
     def _params(self, request: ChatRequest, spec: ModelSpec) -> ChatParams:
         sampling = spec.accepts_sampling and not request.thinking

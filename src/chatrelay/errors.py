@@ -9,7 +9,9 @@
     │   ├── InvalidField
     │   ├── UnknownModel
     │   ├── ModelUnavailable
-    │   └── Unsupported
+    │   ├── Unsupported
+    │   ├── NotFound
+    │   └── ConversationBusy
     └── UpstreamError               the model provider failed (an error frame inside the stream)
         ├── UpstreamRateLimited     rate_limited
         ├── UpstreamOverloaded      overloaded
@@ -119,6 +121,26 @@ class Unsupported(RequestError):
     def __init__(self, field: str, message: str) -> None:
         super().__init__(f"{field}: {message}")
         self.problems = [FieldProblem(field, message)]
+
+
+class NotFound(RequestError):
+    """No such conversation or stream (or it belongs to someone else: we don't say)."""
+
+    code = "not_found"
+    status = 404
+
+
+class ConversationBusy(RequestError):
+    """A reply is already being generated for this conversation."""
+
+    code = "conversation_busy"
+    status = 409
+
+    def __init__(self, conversation_id: str) -> None:
+        super().__init__(
+            f"Conversation {conversation_id!r} is already answering a message;"
+            " wait for that reply to end, or stop it, then send again"
+        )
 
 
 class UpstreamError(ChatRelayError):

@@ -8,6 +8,22 @@ from typing import Any
 
 import orjson
 
+# Values that must never be printed (provider keys); see `hide_secrets`.
+_SECRETS: set[str] = set()
+
+
+def hide_secrets(*values: str | None) -> None:
+    """Replace these values by `[redacted]` in every log line, whatever path they took."""
+    _SECRETS.update(v for v in values if v and len(v) >= 8)
+
+
+def _scrub(line: str) -> str:
+    for secret in _SECRETS:
+        if secret in line:
+            line = line.replace(secret, "[redacted]")
+    return line
+
+
 # Attributes every LogRecord has; anything else was passed through `extra=` and is a field.
 _STANDARD = set(vars(logging.makeLogRecord({}))) | {"message", "asctime", "color_message"}
 
@@ -27,7 +43,7 @@ class JSONFormatter(logging.Formatter):
                 entry[key] = value
         if record.exc_info:
             entry["exception"] = self.formatException(record.exc_info)
-        return orjson.dumps(entry, default=str).decode()
+        return _scrub(orjson.dumps(entry, default=str).decode())
 
 
 class TextFormatter(logging.Formatter):
@@ -41,7 +57,7 @@ class TextFormatter(logging.Formatter):
             if key not in _STANDARD and key != "fields" and value is not None
         ]
         record.fields = (" " + " ".join(fields)) if fields else ""
-        return super().format(record)
+        return _scrub(super().format(record))
 
 
 def configure_logging(level: str, fmt: str = "auto") -> None:

@@ -146,7 +146,12 @@ def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
     try:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{path}: {exc}") from None
+        message = str(exc)
+        if "end of document" in message:  # tomllib gives no line for this case
+            message = message.replace(
+                "end of document", f"end of document, line {len(text.splitlines())}"
+            )
+        raise ConfigError(f"{path}: {message}") from None
     try:
         parsed = _File.model_validate(raw)
     except ValidationError as exc:

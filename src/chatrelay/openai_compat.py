@@ -121,6 +121,7 @@ def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
         "stop_sequences": stop,
         "system": "\n\n".join(system) or None,
         "metadata": request.metadata,
+        "conversation_id": (request.metadata or {}).get("conversation_id"),
     }
     if not turns:
         raise InvalidField([FieldProblem("messages", "needs at least one user message")])

@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import ModelUnavailable, UnknownModel
-from .models import ModelsConfig, ModelSpec, models_config
+from .models import ModelsConfig, ModelSpec
 from .providers import Provider, create_provider
 from .settings import Settings
 
@@ -29,8 +29,8 @@ class Router:
         self._providers = providers  # alias -> provider (shared between aliases where possible)
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Router:
-        config = models_config(settings)
+    def build(cls, config: ModelsConfig, settings: Settings) -> Router:
+        """Create the providers (and their clients) for every alias that can serve."""
         shared: dict[tuple[str, str | None, str | None], Provider] = {}
         providers: dict[str, Provider] = {}
         for alias, spec in config.specs.items():
@@ -52,10 +52,6 @@ class Router:
     @property
     def default(self) -> str:
         return self.config.default
-
-    @property
-    def only_mock(self) -> bool:
-        return all(spec.provider == "mock" for spec in self.config.specs.values())
 
     def describe(self) -> str:
         spec = self.config.specs[self.default]

@@ -18,6 +18,8 @@ from .errors import ConfigError
 DEFAULT_ANTHROPIC_MODEL = "claude-sonnet-5-5"
 DEFAULT_OPENAI_MODEL = "gpt-5.4-mini"
 MOCK_MODEL = "mock"
+# Relative to the working directory: `make run` keeps its data in ./data.
+DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/chatrelay.db"
 
 
 class Settings(BaseSettings):
@@ -55,6 +57,16 @@ class Settings(BaseSettings):
         "auto", validation_alias="CHATRELAY_SEND_TEMPERATURE"
     )
     max_connections: int = Field(2000, ge=1, validation_alias="CHATRELAY_UPSTREAM_MAX_CONNECTIONS")
+
+    # --- storage ---------------------------------------------------------------------------
+    database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")
+    db_pool_size: int = Field(10, ge=1, validation_alias="CHATRELAY_DB_POOL_SIZE")
+    history_budget_tokens: int = Field(
+        100_000, ge=1, validation_alias="CHATRELAY_HISTORY_BUDGET_TOKENS"
+    )
+    conversation_lock_s: float = Field(
+        600.0, gt=0, validation_alias="CHATRELAY_CONVERSATION_LOCK_S"
+    )
 
     # --- mock provider ----------------------------------------------------------------------
     mock_delay_s: float = Field(0.02, ge=0, le=10, validation_alias="CHATRELAY_MOCK_DELAY_S")

@@ -116,6 +116,8 @@ def start_payload(job: ChatJob, answering: Answering) -> dict[str, Any]:
         "provider": spec.provider,
         "conversation_id": job.conversation_id,
     }
+    if job.turn is not None and job.turn.omitted:
+        payload["history_omitted"] = job.turn.omitted
     if answering.fallback_from:
         payload["requested_model"] = job.requested_model
         payload["fallback_from"] = list(answering.fallback_from)

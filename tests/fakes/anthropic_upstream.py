@@ -83,6 +83,9 @@ class Scenario:
     model: str | None = None  # echoed in message_start; default: the request's model
     # Extra response headers (any status), e.g. {"x-should-retry": "false"}.
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # A thinking block (index 0) sent before the text block (then index 1), as extended
+    # thinking streams it: thinking_delta frames, a signature_delta, content_block_stop.
+    thinking: list[str] = field(default_factory=list)
 
 
 @dataclass(eq=False)
@@ -198,19 +201,40 @@ _BLOCK_START = _sse(
     "content_block_start",
     {"type": "content_block_start", "index": 0, "content_block": {"type": "text", "text": ""}},
 )
-_BLOCK_STOP = _sse("content_block_stop", {"type": "content_block_stop", "index": 0})
 _MESSAGE_STOP_END = _sse("message_stop", {"type": "message_stop"}) + _TERMINATOR
 
 
-def _delta_frame(text: str) -> bytes:
+def _delta_frame(text: str, index: int = 0) -> bytes:
     return _sse(
         "content_block_delta",
         {
             "type": "content_block_delta",
-            "index": 0,
+            "index": index,
             "delta": {"type": "text_delta", "text": text},
         },
     )
+
+
+def _thinking_block(pieces: list[str]) -> bytes:
+    """A whole thinking block at index 0, as extended thinking streams it."""
+    start = {"type": "thinking", "thinking": "", "signature": ""}
+    frames = [
+        _sse(
+            "content_block_start",
+            {"type": "content_block_start", "index": 0, "content_block": start},
+        )
+    ]
+    for piece in pieces:
+        delta = {"type": "thinking_delta", "thinking": piece}
+        frames.append(
+            _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": delta})
+        )
+    signature = {"type": "signature_delta", "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"}
+    frames.append(
+        _sse("content_block_delta", {"type": "content_block_delta", "index": 0, "delta": signature})
+    )
+    frames.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
+    return b"".join(frames)
 
 
 def _reason(status: int) -> str:
@@ -373,8 +397,19 @@ class _Conn(asyncio.Protocol):
                 },
             )
         )
-        self._write(_BLOCK_START)
-        self._frames = self._fake._delta_frames(sc.deltas)
+        if sc.thinking:
+            self._write(_thinking_block(sc.thinking))
+            start = {"type": "text", "text": ""}
+            self._write(
+                _sse(
+                    "content_block_start",
+                    {"type": "content_block_start", "index": 1, "content_block": start},
+                )
+            )
+            self._frames = tuple(_delta_frame(text, 1) for text in sc.deltas)
+        else:
+            self._write(_BLOCK_START)
+            self._frames = self._fake._delta_frames(sc.deltas)
         if sc.first_token_delay > 0:
             self._timer = self._loop.call_later(sc.first_token_delay, self._step)
         else:
@@ -409,7 +444,8 @@ class _Conn(asyncio.Protocol):
         frames = self._frames
         if i >= len(frames):
             out = len(frames) if sc.output_tokens is None else sc.output_tokens
-            self._write(_BLOCK_STOP)
+            index = 1 if sc.thinking else 0
+            self._write(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
             self._write(
                 _sse(
                     "message_delta",

@@ -39,7 +39,7 @@ from ..errors import (
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
 from .sse_decoder import SSEDecoder
-from .upstream_errors import error_for_status
+from .upstream_errors import error_for_status, redact
 
 log = logging.getLogger("chatrelay.providers.anthropic")
 
@@ -57,10 +57,10 @@ _BY_TYPE: dict[str, type[UpstreamError]] = {
 }
 
 
-def map_status_error(exc: anthropic.APIStatusError) -> UpstreamError:
+def map_status_error(exc: anthropic.APIStatusError, secret: str | None) -> UpstreamError:
     """Translate an SDK status error into our error tree."""
     detail = exc.api_message if isinstance(exc.api_message, str) else ""
-    return error_for_status(exc.status_code, detail, exc.response.headers, exc.request_id)
+    return error_for_status(exc.status_code, detail, exc.response.headers, exc.request_id, secret)
 
 
 _USAGE_EVENTS = (b"message_start", b"message_delta")
@@ -90,7 +90,7 @@ class _UsageCounter:
         return Usage(self.input_tokens, self.output_tokens)
 
 
-def _stream_error(data: bytes, headers: httpx2.Headers) -> UpstreamError:
+def _stream_error(data: bytes, headers: httpx2.Headers, secret: str | None) -> UpstreamError:
     """An `event: error` frame: `{"type":"error","error":{"type":..,"message":..}}`."""
     try:
         error = orjson.loads(data).get("error") or {}
@@ -99,7 +99,7 @@ def _stream_error(data: bytes, headers: httpx2.Headers) -> UpstreamError:
     kind = _BY_TYPE.get(str(error.get("type")), UpstreamFailed)
     message = error.get("message")
     return kind(
-        message if isinstance(message, str) else "error event",
+        redact(message, secret) if isinstance(message, str) else "error event",
         retryable=kind.retryable or error.get("type") == "api_error",
         request_id=headers.get("request-id"),
     )
@@ -202,9 +202,11 @@ class AnthropicProvider:
                         elif event in _USAGE_EVENTS:
                             yield usage.update(orjson.loads(data))
                         elif event == b"error":
-                            raise _stream_error(data, response.http_response.headers)
+                            raise _stream_error(
+                                data, response.http_response.headers, self._client.api_key
+                            )
         except anthropic.APIStatusError as exc:
-            raise map_status_error(exc) from None
+            raise map_status_error(exc, self._client.api_key) from None
         except anthropic.APITimeoutError:
             raise UpstreamTimeout("connect timeout", retryable=True) from None
         except anthropic.APIConnectionError as exc:

@@ -30,7 +30,7 @@ from ..errors import (
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
 from .sse_decoder import SSEDecoder
-from .upstream_errors import error_for_status
+from .upstream_errors import error_for_status, redact
 
 # OpenAI's finish reasons in the project's (Messages API) vocabulary.
 STOP_REASONS = {
@@ -82,12 +82,12 @@ def _part(block: dict[str, Any]) -> dict[str, Any]:
     return {"type": "image_url", "image_url": {"url": url}}
 
 
-def _stream_error(payload: dict[str, Any]) -> UpstreamError:
+def _stream_error(payload: dict[str, Any], secret: str) -> UpstreamError:
     """An error frame inside the stream (vLLM: `code` is the HTTP status, as an int)."""
     error = payload.get("error")
     if not isinstance(error, dict):
-        return UpstreamFailed(str(error))
-    message = str(error.get("message") or "error frame")
+        return UpstreamFailed(redact(str(error), secret))
+    message = redact(str(error.get("message") or "error frame"), secret)
     code = error.get("code")
     if isinstance(code, int):
         return error_for_status(code, message, {})
@@ -102,6 +102,7 @@ class OpenAIProvider:
 
     def __init__(self, client: openai.AsyncOpenAI, official: bool) -> None:
         self._client = client
+        self._secret = client.api_key
         # api.openai.com wants max_completion_tokens (its reasoning models refuse max_tokens);
         # the local servers know max_tokens, and take top_k as an extension.
         self._official = official
@@ -173,7 +174,7 @@ class OpenAIProvider:
                             break
                         payload = orjson.loads(data)
                         if "error" in payload:
-                            raise _stream_error(payload)
+                            raise _stream_error(payload, self._secret)
                         for choice in payload.get("choices") or ():
                             if choice.get("index", 0) != 0:
                                 continue
@@ -199,7 +200,7 @@ class OpenAIProvider:
             body = exc.body if isinstance(exc.body, dict) else {}
             detail = str(body.get("message") or "")
             raise error_for_status(
-                exc.status_code, detail, exc.response.headers, exc.request_id
+                exc.status_code, detail, exc.response.headers, exc.request_id, self._secret
             ) from None
         except openai.APITimeoutError:
             raise UpstreamTimeout("connect timeout", retryable=True) from None

@@ -37,13 +37,22 @@ def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
         return max(0.0, when.timestamp() - time.time())
 
 
+def redact(text: str, secret: str | None) -> str:
+    """Upstream error texts may echo the key they refused; it must not reach logs or users."""
+    if secret and len(secret) >= 8 and secret in text:
+        return text.replace(secret, "[redacted]")
+    return text
+
+
 def error_for_status(
     status: int,
     detail: str,
     headers: Mapping[str, str],
     request_id: str | None = None,
+    secret: str | None = None,
 ) -> UpstreamError:
     """The error for an upstream HTTP status; 408/429/5xx may be retried."""
+    detail = redact(detail, secret)
     kind: type[UpstreamError]
     if status == 429:
         kind = UpstreamRateLimited

@@ -9,6 +9,7 @@ from fastapi.responses import JSONResponse
 
 from ..bodies import read_body
 from ..chat import ChatService, complete
+from ..principals import principal_of
 from ..schemas import ChatRequest, parse_chat_request
 from ..settings import Settings
 from ..sse import EventStreamResponse, seed_frames, usage_dict
@@ -30,7 +31,8 @@ async def _start(request: Request) -> tuple[Settings, Any]:
     # Parsed by hand, not by FastAPI, so the size limit applies while reading and every
     # error names its field in our own error shape.
     body = await read_body(request, settings.max_body_bytes)
-    return settings, service.start(parse_chat_request(body))
+    job = await service.start(parse_chat_request(body), principal_of(request))
+    return settings, job
 
 
 @router.post(
@@ -42,7 +44,7 @@ async def _start(request: Request) -> tuple[Settings, Any]:
 async def stream_chat(request: Request) -> EventStreamResponse:
     settings, job = await _start(request)
     headers = {"x-stream-id": job.stream_id}
-    if job.conversation_id:
+    if job.conversation_id:  # new conversations get their id here, before the first frame
         headers["x-conversation-id"] = job.conversation_id
     return EventStreamResponse(seed_frames(job), heartbeat_s=settings.heartbeat_s, headers=headers)
 

@@ -18,6 +18,7 @@ from ..openai_compat import (
     completion_object,
     to_chat_request,
 )
+from ..principals import principal_of
 from ..relay import Answering, End, RelayEvent
 from ..routing import Router
 from ..schemas import validate_json
@@ -42,7 +43,9 @@ async def chat_completions(request: Request) -> Response:
     settings: Settings = request.app.state.settings
     service: ChatService = request.app.state.chat
     body = validate_json(await read_body(request, settings.max_body_bytes), OpenAIChatRequest)
-    job = service.start(to_chat_request(body))
+    chat = to_chat_request(body)
+    # Stateless, as OpenAI's API is, unless the client names a conversation in `metadata`.
+    job = await service.start(chat, principal_of(request), persist=chat.conversation_id is not None)
     if not body.stream:
         reply = await complete(job)
         if reply.error is not None:

@@ -1,0 +1,99 @@
+"""The database: URL normalisation, the async engine, and schema migrations at startup.
+
+SQLite (embedded, the default) and PostgreSQL are both served through SQLAlchemy's async
+engine. PaaS hand out `postgres://` or `postgresql://` URLs; they are normalised to the
+asyncpg driver. Migrations are Alembic's, applied programmatically (`upgrade()`), and also by
+`chatrelay db upgrade`.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from sqlalchemy import event, text
+from sqlalchemy.engine import Connection, make_url
+from sqlalchemy.ext.asyncio import AsyncEngine, create_async_engine
+
+from .errors import ConfigError
+
+MIGRATIONS = Path(__file__).parent / "migrations"
+
+
+def normalize_url(url: str) -> str:
+    """`postgres://` / `postgresql://` -> asyncpg; `sqlite://` -> aiosqlite; others refused."""
+    try:
+        parsed = make_url(url)
+    except Exception:
+        raise ConfigError(f"DATABASE_URL is not a database URL: {_redacted(url)}") from None
+    backend = parsed.get_backend_name()
+    if backend in ("postgres", "postgresql"):
+        parsed = parsed.set(drivername="postgresql+asyncpg")
+    elif backend == "sqlite":
+        parsed = parsed.set(drivername="sqlite+aiosqlite")
+    else:
+        raise ConfigError(
+            f"DATABASE_URL: unsupported database {backend!r}; use sqlite or postgresql"
+        )
+    return parsed.render_as_string(hide_password=False)
+
+
+def _redacted(url: str) -> str:
+    try:
+        return make_url(url).render_as_string(hide_password=True)
+    except Exception:
+        return "<unparseable>"
+
+
+def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
+    """The async engine; SQLite gets its data folder created, WAL and foreign keys on."""
+    url = normalize_url(url)
+    parsed = make_url(url)
+    options: dict[str, Any] = {}
+    if parsed.get_backend_name() == "sqlite":
+        if parsed.database and parsed.database != ":memory:":
+            Path(parsed.database).parent.mkdir(parents=True, exist_ok=True)
+    else:
+        options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
+    engine = create_async_engine(url, **options)
+    if parsed.get_backend_name() == "sqlite":
+        event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
+    return engine
+
+
+def _sqlite_pragmas(connection: Any, _record: Any) -> None:
+    cursor = connection.cursor()
+    # WAL lets readers run while a reply is being written; foreign keys make deletes cascade.
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute("PRAGMA busy_timeout=5000")
+    cursor.close()
+
+
+def alembic_config(connection: Connection | None = None) -> Any:
+    from alembic.config import Config
+
+    config = Config()
+    config.set_main_option("script_location", str(MIGRATIONS))
+    config.attributes["connection"] = connection
+    return config
+
+
+async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
+    """Apply the migrations up to `revision` (idempotent)."""
+    from alembic import command
+
+    async with engine.begin() as connection:
+        if connection.dialect.name == "postgresql":
+            # Instances starting together must not race to create the same tables.
+            await connection.execute(text("SELECT pg_advisory_xact_lock(2066711)"))
+        await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
+
+
+async def current_revision(engine: AsyncEngine) -> str | None:
+    from alembic.runtime.migration import MigrationContext
+
+    async with engine.connect() as connection:
+        return await connection.run_sync(
+            lambda sync: MigrationContext.configure(sync).get_current_revision()
+        )

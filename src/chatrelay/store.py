@@ -1,0 +1,319 @@
+"""Conversations and messages in the database: every query the service needs, and no more.
+
+The store knows nothing of HTTP or streams. Ownership is part of every read and write: a
+conversation of another owner is, to the caller, a conversation that does not exist.
+"""
+
+from __future__ import annotations
+
+import base64
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import orjson
+from sqlalchemy import Integer, Select, and_, cast, delete, func, or_, select, update
+from sqlalchemy.exc import IntegrityError
+from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
+from sqlalchemy.orm import selectinload
+
+from .errors import ConversationBusy
+from .tables import Conversation, Message
+
+
+def now() -> datetime:
+    return datetime.now(UTC)
+
+
+def new_id() -> str:
+    """Opaque and unguessable (122 random bits)."""
+    return str(uuid.uuid4())
+
+
+@dataclass(slots=True)
+class Reply:
+    """How an assistant turn went, recorded when its stream ends."""
+
+    content: str
+    model: str | None
+    stream_id: str
+    end_reason: str
+    stop_reason: str | None = None
+    error_code: str | None = None
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_estimated: bool = False
+    ttft_ms: int | None = None
+    duration_ms: int | None = None
+    thinking: str | None = None
+
+
+@dataclass(slots=True)
+class Page:
+    conversations: list[Conversation]
+    next_cursor: str | None
+
+
+class Store:
+    """Async access to conversations; one short transaction per call."""
+
+    def __init__(self, engine: AsyncEngine, lock_timeout_s: float = 600.0) -> None:
+        self.engine = engine
+        self._session = async_sessionmaker(engine, expire_on_commit=False)
+        self._lock_timeout = timedelta(seconds=lock_timeout_s)
+
+    async def close(self) -> None:
+        await self.engine.dispose()
+
+    # -- conversations ---------------------------------------------------------------------
+    async def get(self, conversation_id: str, owner: str | None) -> Conversation | None:
+        """The conversation with its messages; `owner=None` sees every owner's (admin)."""
+        async with self._session() as session:
+            query = (
+                select(Conversation)
+                .where(Conversation.id == conversation_id)
+                .options(selectinload(Conversation.messages))
+            )
+            if owner is not None:
+                query = query.where(Conversation.owner == owner)
+            return (await session.execute(query)).scalar_one_or_none()
+
+    async def exists(self, conversation_id: str) -> bool:
+        async with self._session() as session:
+            query = select(func.count()).where(Conversation.id == conversation_id)
+            return bool((await session.execute(query)).scalar_one())
+
+    async def page(self, owner: str | None, limit: int, cursor: str | None) -> Page:
+        """Newest first (by last activity), `limit` at a time; the cursor is opaque."""
+        query: Select[Conversation] = select(Conversation).order_by(
+            Conversation.updated_at.desc(), Conversation.id.desc()
+        )
+        if owner is not None:
+            query = query.where(Conversation.owner == owner)
+        if cursor is not None:
+            updated_at, last_id = _decode_cursor(cursor)
+            query = query.where(
+                or_(
+                    Conversation.updated_at < updated_at,
+                    and_(Conversation.updated_at == updated_at, Conversation.id < last_id),
+                )
+            )
+        async with self._session() as session:
+            rows = list((await session.execute(query.limit(limit + 1))).scalars())
+        more = len(rows) > limit
+        rows = rows[:limit]
+        return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
+
+    async def update(
+        self,
+        conversation_id: str,
+        owner: str | None,
+        title: str | None = None,
+        metadata: dict[str, Any] | None = None,
+    ) -> Conversation | None:
+        async with self._session.begin() as session:
+            conversation = await self._owned(session, conversation_id, owner)
+            if conversation is None:
+                return None
+            if title is not None:
+                conversation.title = title
+            if metadata is not None:
+                conversation.meta = metadata
+            conversation.updated_at = now()
+        return await self.get(conversation_id, owner)
+
+    async def delete(self, conversation_id: str, owner: str | None) -> bool:
+        async with self._session.begin() as session:
+            conversation = await self._owned(session, conversation_id, owner)
+            if conversation is None:
+                return False
+            await session.execute(delete(Message).where(Message.conversation_id == conversation_id))
+            await session.delete(conversation)
+        return True
+
+    async def _owned(
+        self, session: AsyncSession, conversation_id: str, owner: str | None
+    ) -> Conversation | None:
+        query = select(Conversation).where(Conversation.id == conversation_id)
+        if owner is not None:
+            query = query.where(Conversation.owner == owner)
+        return (await session.execute(query)).scalar_one_or_none()
+
+    # -- a turn: lock, store the user's messages, later the reply, unlock --------------------
+    async def begin_turn(
+        self,
+        conversation_id: str,
+        owner: str,
+        stream_id: str,
+        new_messages: list[dict[str, Any]],
+        title: str,
+        model: str,
+        create: bool,
+    ) -> None:
+        """Lock the conversation for `stream_id` and append the user's new messages.
+
+        Creates the conversation when `create` is set. Raises `ConversationBusy` if another
+        stream holds a lock younger than the lock timeout.
+        """
+        stamp = now()
+        async with self._session.begin() as session:
+            if create:
+                session.add(
+                    Conversation(
+                        id=conversation_id,
+                        owner=owner,
+                        title=title,
+                        model=model,
+                        meta={},
+                        created_at=stamp,
+                        updated_at=stamp,
+                        locked_by=stream_id,
+                        locked_at=stamp,
+                    )
+                )
+                try:
+                    await session.flush()
+                except IntegrityError:
+                    raise ConversationBusy(conversation_id) from None
+            else:
+                stale = stamp - self._lock_timeout
+                locked = await session.execute(
+                    update(Conversation)
+                    .where(
+                        Conversation.id == conversation_id,
+                        Conversation.owner == owner,
+                        or_(Conversation.locked_by.is_(None), Conversation.locked_at < stale),
+                    )
+                    .values(locked_by=stream_id, locked_at=stamp, updated_at=stamp, model=model)
+                )
+                if locked.rowcount != 1:  # type: ignore[attr-defined]
+                    raise ConversationBusy(conversation_id)
+            seq = await self._next_seq(session, conversation_id)
+            for offset, message in enumerate(new_messages):
+                session.add(
+                    Message(
+                        id=new_id(),
+                        conversation_id=conversation_id,
+                        seq=seq + offset,
+                        role=message["role"],
+                        content=message["content"],
+                        stream_id=stream_id,
+                        usage_estimated=False,
+                        created_at=stamp,
+                    )
+                )
+
+    async def end_turn(self, conversation_id: str, reply: Reply) -> None:
+        """Store the assistant's reply (complete or not) and release the lock."""
+        stamp = now()
+        async with self._session.begin() as session:
+            seq = await self._next_seq(session, conversation_id)
+            session.add(
+                Message(
+                    id=new_id(),
+                    conversation_id=conversation_id,
+                    seq=seq,
+                    role="assistant",
+                    content=reply.content,
+                    model=reply.model,
+                    stream_id=reply.stream_id,
+                    end_reason=reply.end_reason,
+                    stop_reason=reply.stop_reason,
+                    error_code=reply.error_code,
+                    input_tokens=reply.input_tokens,
+                    output_tokens=reply.output_tokens,
+                    usage_estimated=reply.usage_estimated,
+                    ttft_ms=reply.ttft_ms,
+                    duration_ms=reply.duration_ms,
+                    thinking=reply.thinking,
+                    created_at=stamp,
+                )
+            )
+            await session.execute(
+                update(Conversation)
+                .where(
+                    Conversation.id == conversation_id, Conversation.locked_by == reply.stream_id
+                )
+                .values(locked_by=None, locked_at=None, updated_at=stamp)
+            )
+
+    async def release(self, conversation_id: str, stream_id: str) -> None:
+        """Release the lock without a reply (the turn never reached a provider)."""
+        async with self._session.begin() as session:
+            await session.execute(
+                update(Conversation)
+                .where(Conversation.id == conversation_id, Conversation.locked_by == stream_id)
+                .values(locked_by=None, locked_at=None)
+            )
+
+    async def _next_seq(self, session: AsyncSession, conversation_id: str) -> int:
+        query = select(func.coalesce(func.max(Message.seq), -1)).where(
+            Message.conversation_id == conversation_id
+        )
+        return int((await session.execute(query)).scalar_one()) + 1
+
+    # -- usage ------------------------------------------------------------------------------
+    async def usage(
+        self,
+        owner: str | None,
+        start: datetime | None,
+        end: datetime | None,
+        group_by: str,
+    ) -> list[dict[str, Any]]:
+        """Summed tokens of assistant turns, by model or by day (UTC)."""
+        if group_by == "model":
+            key: Any = Message.model
+        elif self.engine.dialect.name == "sqlite":
+            key = func.strftime("%Y-%m-%d", Message.created_at)
+        else:
+            key = func.to_char(func.timezone("UTC", Message.created_at), "YYYY-MM-DD")
+        query = (
+            select(
+                key.label("key"),
+                func.count().label("messages"),
+                func.coalesce(func.sum(Message.input_tokens), 0).label("input_tokens"),
+                func.coalesce(func.sum(Message.output_tokens), 0).label("output_tokens"),
+                func.coalesce(func.sum(cast(Message.usage_estimated, Integer)), 0).label(
+                    "estimated"
+                ),
+            )
+            .join(Conversation, Conversation.id == Message.conversation_id)
+            .where(Message.role == "assistant")
+            .group_by(key)
+            .order_by(key)
+        )
+        if owner is not None:
+            query = query.where(Conversation.owner == owner)
+        if start is not None:
+            query = query.where(Message.created_at >= start)
+        if end is not None:
+            query = query.where(Message.created_at < end)
+        async with self._session() as session:
+            rows = (await session.execute(query)).all()
+        return [
+            {
+                group_by: row.key,
+                "messages": row.messages,
+                "input_tokens": int(row.input_tokens),
+                "output_tokens": int(row.output_tokens),
+                "estimated_messages": int(row.estimated),
+            }
+            for row in rows
+        ]
+
+
+def _encode_cursor(conversation: Conversation) -> str:
+    raw = orjson.dumps([conversation.updated_at.isoformat(), conversation.id])
+    return base64.urlsafe_b64encode(raw).decode().rstrip("=")
+
+
+def _decode_cursor(cursor: str) -> tuple[datetime, str]:
+    from .errors import FieldProblem, InvalidField
+
+    try:
+        raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
+        stamp, conversation_id = orjson.loads(raw)
+        return datetime.fromisoformat(stamp), str(conversation_id)
+    except (ValueError, TypeError, orjson.JSONDecodeError):
+        raise InvalidField([FieldProblem("cursor", "is not a cursor this server gave")]) from None
