@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
+import uuid
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -23,12 +25,57 @@ USER_HI = [{"role": "user", "content": "Hi there"}]
 @pytest.fixture(autouse=True)
 def clean_environ(monkeypatch: pytest.MonkeyPatch, tmp_path: Any) -> None:
     """Tests build their own settings: nothing from the developer's environment leaks in."""
-    import os
-
     for name in list(os.environ):
-        if name.startswith(("CHATRELAY_", "ANTHROPIC_", "OPENAI_")) or name == "PORT":
+        if name.startswith(("CHATRELAY_", "ANTHROPIC_", "OPENAI_")) or name in (
+            "PORT",
+            "DATABASE_URL",
+            "REDIS_URL",
+        ):
             monkeypatch.delenv(name)
     monkeypatch.chdir(tmp_path)  # no stray .env
+
+
+# The PostgreSQL server the storage tests run against (each test gets a database of its own).
+# .ci/run starts the server if it is down; the project's machines run one with trust auth.
+POSTGRES_URL = os.environ.get(
+    "CHATRELAY_TEST_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/test"
+)
+
+
+@asynccontextmanager
+async def postgres_database() -> AsyncIterator[str]:
+    """A new, empty PostgreSQL database for one test; dropped afterwards."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    admin_url = make_url(POSTGRES_URL)
+    name = f"chatrelay_test_{uuid.uuid4().hex[:16]}"
+    dsn = admin_url.set(drivername="postgresql").render_as_string(hide_password=False)
+    try:
+        admin = await asyncpg.connect(dsn)
+    except (OSError, asyncpg.PostgresError) as exc:
+        pytest.fail(
+            f"PostgreSQL at {admin_url.render_as_string()} is not reachable ({exc}); start it or"
+            " set CHATRELAY_TEST_DATABASE_URL (.ci/run does both)"
+        )
+    try:
+        await admin.execute(f'CREATE DATABASE "{name}"')
+        yield admin_url.set(drivername="postgresql+asyncpg", database=name).render_as_string(
+            hide_password=False
+        )
+    finally:
+        await admin.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        await admin.close()
+
+
+@pytest.fixture(params=["sqlite", "postgresql"])
+async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIterator[str]:
+    """The same storage test runs on SQLite (a temp file) and on a real PostgreSQL."""
+    if request.param == "sqlite":
+        yield f"sqlite+aiosqlite:///{tmp_path}/chatrelay.db"
+    else:
+        async with postgres_database() as url:
+            yield url
 
 
 def make_settings(**values: Any) -> Settings:

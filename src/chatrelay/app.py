@@ -20,7 +20,7 @@ from .errors import ChatRelayError, InvalidField, RequestError
 from .logs import hide_secrets
 from .models import models_config
 from .relay import Relay, RetryPolicy
-from .routes import chat, health, openai
+from .routes import chat, conversations, health, openai
 from .routes.errors import error_response, openai_error_response
 from .routing import Router
 from .schemas import problems_from
@@ -54,8 +54,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 retry_after_cap_s=settings.retry_after_cap_s,
             ),
         )
-        conversations = Conversations(store, settings.history_budget_tokens)
-        app.state.chat = ChatService(router, relay, settings.max_tokens_limit, conversations)
+        app.state.chat = ChatService(
+            router,
+            relay,
+            settings.max_tokens_limit,
+            Conversations(store, settings.history_budget_tokens),
+        )
         log.info(
             "chatrelay %s serving %s (models: %s)",
             __version__,
@@ -72,12 +76,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.include_router(chat.router)
     app.include_router(openai.router)
+    app.include_router(conversations.router)
     app.include_router(health.router)
     if origins := settings.allowed_origins(only_mock):
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
-            allow_methods=["GET", "POST", "OPTIONS"],
+            allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["*"],
             expose_headers=["X-Stream-ID", "X-Conversation-ID"],
             max_age=600,

@@ -2,12 +2,20 @@
 
 from __future__ import annotations
 
+import asyncio
 import sys
+from collections.abc import Awaitable, Callable
+from typing import TypeVar
 
 import click
+import orjson
 from pydantic import ValidationError
 
 from .errors import ConfigError
+from .store import Store
+from .tables import Conversation
+
+T = TypeVar("T")
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -50,6 +58,109 @@ def serve(host: str | None, port: int | None) -> None:
         # Keep-alive must outlast the heartbeat-free gap between a client's requests.
         timeout_keep_alive=30,
     )
+
+
+def _run(coroutine_factory: Callable[[Store], Awaitable[T]]) -> T:
+    """Run a command's work against the configured database (migrated first)."""
+    from .db import create_engine, upgrade
+    from .settings import Settings
+
+    async def work() -> T:
+        settings = Settings()
+        store = Store(create_engine(settings.database_url))
+        try:
+            await upgrade(store.engine)
+            return await coroutine_factory(store)
+        finally:
+            await store.close()
+
+    try:
+        return asyncio.run(work())
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+
+
+@main.group()
+def db() -> None:
+    """The database (DATABASE_URL)."""
+
+
+@db.command("upgrade")
+def db_upgrade() -> None:
+    """Apply the schema migrations (the server also does this when it starts)."""
+    from .db import current_revision
+
+    async def work(store: Store) -> str | None:
+        return await current_revision(store.engine)
+
+    click.echo(f"database at revision {_run(work)}")
+
+
+@main.group()
+def conversations() -> None:
+    """Stored conversations (read from DATABASE_URL directly)."""
+
+
+@conversations.command("list")
+@click.option("--owner", default=None, help="Only this owner's conversations (default: all).")
+@click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
+def conversations_list(owner: str | None, limit: int) -> None:
+    """The newest conversations: id, last activity, messages, title."""
+
+    async def work(store: Store) -> list[Conversation]:
+        return (await store.page(owner, limit, None)).conversations
+
+    for conversation in _run(work):
+        when = conversation.updated_at.strftime("%Y-%m-%d %H:%M")
+        click.echo(f"{conversation.id}  {when}  {conversation.owner:<12}  {conversation.title}")
+
+
+def _load(conversation_id: str) -> Conversation:
+    async def work(store: Store) -> Conversation | None:
+        return await store.get(conversation_id, None)
+
+    conversation = _run(work)
+    if conversation is None:
+        raise click.ClickException(f"no conversation {conversation_id!r}")
+    return conversation
+
+
+@conversations.command("show")
+@click.argument("conversation_id")
+def conversations_show(conversation_id: str) -> None:
+    """A conversation's messages, as a person reads them."""
+    click.echo(transcript(_load(conversation_id)), nl=False)
+
+
+@conversations.command("export")
+@click.argument("conversation_id")
+@click.option("--format", "fmt", type=click.Choice(["json", "markdown"]), default="json")
+def conversations_export(conversation_id: str, fmt: str) -> None:
+    """A conversation as JSON (everything stored) or Markdown (the text)."""
+    from .routes.conversations import full
+
+    conversation = _load(conversation_id)
+    if fmt == "json":
+        click.echo(orjson.dumps(full(conversation), option=orjson.OPT_INDENT_2).decode())
+    else:
+        click.echo(transcript(conversation), nl=False)
+
+
+def transcript(conversation: Conversation) -> str:
+    """Markdown: a heading per turn, the text, and how each reply ended."""
+    lines = [f"# {conversation.title or conversation.id}", ""]
+    for message in conversation.messages:
+        content = message.content
+        if not isinstance(content, str):
+            content = "\n".join(
+                block.get("text", "[image]") if block.get("type") == "text" else "[image]"
+                for block in content
+            )
+        lines += [f"## {message.role}", "", content, ""]
+        if message.role == "assistant" and message.end_reason != "completed":
+            reason = message.error_code or message.end_reason
+            lines += [f"_(reply ended: {reason})_", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":  # pragma: no cover

@@ -1,0 +1,154 @@
+"""The conversations API and usage: list, read, rename, delete; tokens summed."""
+
+from __future__ import annotations
+
+from datetime import UTC, date, datetime, time, timedelta
+from typing import Annotated, Any, Literal
+
+from fastapi import APIRouter, Query, Request, Response
+from pydantic import BaseModel, ConfigDict, Field
+
+from ..bodies import read_body
+from ..errors import FieldProblem, InvalidField, NotFound
+from ..principals import principal_of
+from ..schemas import validate_json
+from ..settings import Settings
+from ..store import Store
+from ..tables import Conversation, Message
+
+router = APIRouter()
+
+
+class ConversationPatch(BaseModel):
+    """What a client may change: the title and the free-form metadata."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    title: str | None = Field(None, min_length=1, max_length=200)
+    metadata: dict[str, Any] | None = None
+
+
+def summary(conversation: Conversation) -> dict[str, Any]:
+    return {
+        "id": conversation.id,
+        "title": conversation.title,
+        "model": conversation.model,
+        "metadata": conversation.meta,
+        "created_at": conversation.created_at.isoformat(),
+        "updated_at": conversation.updated_at.isoformat(),
+    }
+
+
+def message_view(message: Message) -> dict[str, Any]:
+    view: dict[str, Any] = {
+        "id": message.id,
+        "role": message.role,
+        "content": message.content,
+        "created_at": message.created_at.isoformat(),
+    }
+    if message.role == "assistant":
+        view.update(
+            model=message.model,
+            stream_id=message.stream_id,
+            end_reason=message.end_reason,
+            stop_reason=message.stop_reason,
+            error_code=message.error_code,
+            usage={
+                "input_tokens": message.input_tokens,
+                "output_tokens": message.output_tokens,
+                "estimated": message.usage_estimated,
+            },
+            ttft_ms=message.ttft_ms,
+            duration_ms=message.duration_ms,
+        )
+        if message.thinking:
+            view["thinking"] = message.thinking
+    return view
+
+
+def full(conversation: Conversation) -> dict[str, Any]:
+    return {**summary(conversation), "messages": [message_view(m) for m in conversation.messages]}
+
+
+def _store(request: Request) -> Store:
+    store: Store = request.app.state.store
+    return store
+
+
+@router.get("/conversations", summary="The caller's conversations, newest first")
+async def list_conversations(
+    request: Request,
+    limit: Annotated[int, Query(ge=1, le=100)] = 20,
+    cursor: Annotated[str | None, Query(max_length=200)] = None,
+) -> dict[str, Any]:
+    page = await _store(request).page(principal_of(request), limit, cursor)
+    return {"data": [summary(c) for c in page.conversations], "next_cursor": page.next_cursor}
+
+
+@router.get("/conversations/{conversation_id}", summary="A conversation with its messages")
+async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
+    conversation = await _store(request).get(conversation_id, principal_of(request))
+    if conversation is None:
+        raise NotFound(f"Conversation {conversation_id!r} not found")
+    return full(conversation)
+
+
+@router.patch(
+    "/conversations/{conversation_id}",
+    summary="Rename a conversation or replace its metadata",
+    openapi_extra={
+        "requestBody": {
+            "required": True,
+            "content": {"application/json": {"schema": ConversationPatch.model_json_schema()}},
+        }
+    },
+)
+async def patch_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
+    settings: Settings = request.app.state.settings
+    patch = validate_json(await read_body(request, settings.max_body_bytes), ConversationPatch)
+    conversation = await _store(request).update(
+        conversation_id, principal_of(request), title=patch.title, metadata=patch.metadata
+    )
+    if conversation is None:
+        raise NotFound(f"Conversation {conversation_id!r} not found")
+    return full(conversation)
+
+
+@router.delete("/conversations/{conversation_id}", status_code=204, summary="Delete a conversation")
+async def delete_conversation(request: Request, conversation_id: str) -> Response:
+    if not await _store(request).delete(conversation_id, principal_of(request)):
+        raise NotFound(f"Conversation {conversation_id!r} not found")
+    return Response(status_code=204)
+
+
+def _bound(value: str | None, name: str, end: bool) -> datetime | None:
+    """A date (whole UTC day) or an ISO 8601 time; `to` dates include that day."""
+    if value is None:
+        return None
+    try:
+        if len(value) == 10:
+            day = date.fromisoformat(value) + timedelta(days=1 if end else 0)
+            return datetime.combine(day, time(), UTC)
+        parsed = datetime.fromisoformat(value)
+        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except ValueError:
+        raise InvalidField(
+            [FieldProblem(name, "must be a date (2026-11-24) or an ISO 8601 time")]
+        ) from None
+
+
+@router.get("/usage", summary="Tokens used, summed by model or by day")
+async def usage(
+    request: Request,
+    start: Annotated[str | None, Query(alias="from")] = None,
+    end: Annotated[str | None, Query(alias="to")] = None,
+    group_by: Literal["model", "day"] = "model",
+) -> dict[str, Any]:
+    rows = await _store(request).usage(
+        principal_of(request), _bound(start, "from", False), _bound(end, "to", True), group_by
+    )
+    total = {
+        key: sum(row[key] for row in rows)
+        for key in ("messages", "input_tokens", "output_tokens", "estimated_messages")
+    }
+    return {"group_by": group_by, "from": start, "to": end, "data": rows, "total": total}
