@@ -323,7 +323,7 @@ async def test_client_disconnect_closes_the_upstream_within_100ms(
     client: httpx.AsyncClient, fake: FakeAnthropic, scenario: Scenario, frames: int
 ) -> None:
     fake.default = scenario
-    async with serve(settings_for(fake)) as url:
+    async with serve(settings_for(fake, resume_grace_s=0)) as url:
         closed_at = await close_after(client, url, fake, frames)
         [request] = fake.requests
         assert await request.wait_closed(2.0)

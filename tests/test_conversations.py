@@ -164,7 +164,7 @@ async def test_a_reply_cut_by_the_client_is_kept_as_disconnected(
     client: httpx.AsyncClient, fake: FakeAnthropic, database_url: str
 ) -> None:
     fake.default = Scenario(deltas=["a ", "b ", "c ", "d "], stall_after=2)
-    async with serve(claude(fake, database_url)) as url:
+    async with serve(claude(fake, database_url, resume_grace_s=0)) as url:
         body = {"messages": [user("cut me")]}
         async with client.stream("POST", f"{url}/ai/stream/chat", json=body) as response:
             cid = response.headers["x-conversation-id"]

@@ -17,15 +17,17 @@ from .chat import ChatService
 from .conversations import Conversations
 from .db import create_engine, upgrade
 from .errors import ChatRelayError, InvalidField, RequestError
+from .eventlogs.factory import open_event_log
 from .logs import hide_secrets
 from .models import models_config
 from .relay import Relay, RetryPolicy
-from .routes import chat, conversations, health, openai
+from .routes import chat, conversations, health, openai, streams
 from .routes.errors import error_response, openai_error_response
 from .routing import Router
 from .schemas import problems_from
 from .settings import Settings
 from .store import Store
+from .streams import StreamHub
 
 log = logging.getLogger("chatrelay")
 
@@ -66,15 +68,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router.describe(),
             ", ".join(router.aliases),
         )
+        hub = StreamHub(await open_event_log(settings), grace_s=settings.resume_grace_s)
+        await hub.start()
+        app.state.streams = hub
         try:
             yield
         finally:
+            await hub.drain(0)  # the CLI's server drains with a grace period before this
+            await hub.close()
             await router.aclose()
             await store.close()
 
     app = FastAPI(title="chatrelay", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.include_router(chat.router)
+    app.include_router(streams.router)
     app.include_router(openai.router)
     app.include_router(conversations.router)
     app.include_router(health.router)

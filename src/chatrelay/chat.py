@@ -49,6 +49,8 @@ class ChatJob:
     created: int = field(default_factory=lambda: int(time.time()))
     turn: Turn | None = None
     conversations: Conversations | None = None
+    # Why the reply was cut before its end, when it was: stopped, disconnected, server_restarting.
+    cancel_reason: str | None = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -81,7 +83,10 @@ class ChatJob:
                     yield event
         finally:
             error = end.error if end else None
-            outcome = "disconnected" if end is None else "error" if error else "completed"
+            if end is None:
+                outcome = self.cancel_reason or "disconnected"
+            else:
+                outcome = "error" if error else "completed"
             reply = Reply(
                 content="".join(text),
                 model=model,
@@ -188,7 +193,14 @@ class ChatService:
         self.max_tokens_limit = max_tokens_limit
         self.conversations = conversations
 
-    async def start(self, request: ChatRequest, owner: str, *, persist: bool = True) -> ChatJob:
+    async def start(
+        self,
+        request: ChatRequest,
+        owner: str,
+        *,
+        persist: bool = True,
+        stream_id: str | None = None,
+    ) -> ChatJob:
         """Check the request, record it in its conversation, and plan the job.
 
         Nothing is sent upstream yet: that happens when the job's events are read.
@@ -220,7 +232,7 @@ class ChatService:
         for warning in warnings:
             log.warning("%s", warning)
         job = ChatJob(
-            stream_id=uuid.uuid4().hex,
+            stream_id=stream_id or uuid.uuid4().hex,
             requested_model=primary.spec.alias,
             requested_conversation=request.conversation_id,
             plan=plan,

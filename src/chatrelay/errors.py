@@ -11,7 +11,8 @@
     │   ├── ModelUnavailable
     │   ├── Unsupported
     │   ├── NotFound
-    │   └── ConversationBusy
+    │   ├── ConversationBusy
+    │   └── ServerRestarting
     └── UpstreamError               the model provider failed (an error frame inside the stream)
         ├── UpstreamRateLimited     rate_limited
         ├── UpstreamOverloaded      overloaded
@@ -141,6 +142,16 @@ class ConversationBusy(RequestError):
             f"Conversation {conversation_id!r} is already answering a message;"
             " wait for that reply to end, or stop it, then send again"
         )
+
+
+class ServerRestarting(RequestError):
+    """This instance is shutting down and takes no new streams."""
+
+    code = "server_restarting"
+    status = 503
+
+    def __init__(self) -> None:
+        super().__init__("The server is restarting; send the request again in a moment")
 
 
 class UpstreamError(ChatRelayError):

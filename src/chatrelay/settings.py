@@ -68,6 +68,13 @@ class Settings(BaseSettings):
         600.0, gt=0, validation_alias="CHATRELAY_CONVERSATION_LOCK_S"
     )
 
+    # --- streams -----------------------------------------------------------------------------
+    redis_url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
+    resume_grace_s: float = Field(10.0, ge=0, validation_alias="CHATRELAY_RESUME_GRACE_S")
+    stream_ttl_s: float = Field(600.0, gt=0, validation_alias="CHATRELAY_STREAM_TTL_S")
+    shutdown_grace_s: float = Field(20.0, ge=0, validation_alias="CHATRELAY_SHUTDOWN_GRACE_S")
+    redis_prefix: str = Field("chatrelay", min_length=1, validation_alias="CHATRELAY_REDIS_PREFIX")
+
     # --- mock provider ----------------------------------------------------------------------
     mock_delay_s: float = Field(0.02, ge=0, le=10, validation_alias="CHATRELAY_MOCK_DELAY_S")
 

@@ -108,6 +108,29 @@ async def seed_frames(job: ChatJob) -> AsyncGenerator[bytes, None]:
                 yield done_frame(seq + 1)
 
 
+# How a generation that did not reach its own end tells its readers why.
+_CANCELLED_ERRORS = {
+    "server_restarting": "The server is restarting; resume this stream or send the message again.",
+    "instance_lost": "The server generating this reply went away; send the message again.",
+}
+
+
+def cancelled_frames(reason: str, seq: int) -> list[bytes]:
+    """The last frames of a stream that was stopped, abandoned or cut by its server."""
+    frames = []
+    message = _CANCELLED_ERRORS.get(reason)
+    if message is not None:
+        frames.append(json_frame(seq, {"error": message, "code": reason}))
+        seq += 1
+    end = {
+        "reason": "error" if message else reason,
+        "stop_reason": None,
+        "usage": usage_dict(None),
+    }
+    frames += [json_frame(seq, end, "end"), done_frame(seq + 1)]
+    return frames
+
+
 def start_payload(job: ChatJob, answering: Answering) -> dict[str, Any]:
     spec = answering.target.spec
     payload: dict[str, Any] = {

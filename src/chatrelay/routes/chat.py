@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse
 
 from ..bodies import read_body
-from ..chat import ChatService, complete
+from ..chat import ChatJob, ChatService, complete
+from ..errors import FieldProblem, InvalidField
 from ..principals import principal_of
 from ..schemas import ChatRequest, parse_chat_request
 from ..settings import Settings
-from ..sse import EventStreamResponse, seed_frames, usage_dict
+from ..sse import EventStreamResponse, usage_dict
+from ..streams import StreamHub
 from .errors import error_response
 
 router = APIRouter()
@@ -25,14 +28,18 @@ REQUEST_BODY: dict[str, Any] = {
 }
 
 
-async def _start(request: Request) -> tuple[Settings, Any]:
+async def _request(request: Request) -> ChatRequest:
     settings: Settings = request.app.state.settings
-    service: ChatService = request.app.state.chat
     # Parsed by hand, not by FastAPI, so the size limit applies while reading and every
     # error names its field in our own error shape.
-    body = await read_body(request, settings.max_body_bytes)
-    job = await service.start(parse_chat_request(body), principal_of(request))
-    return settings, job
+    return parse_chat_request(await read_body(request, settings.max_body_bytes))
+
+
+def _idempotency_key(request: Request) -> str | None:
+    key = request.headers.get("idempotency-key")
+    if key is not None and not 1 <= len(key) <= 200:
+        raise InvalidField([FieldProblem("Idempotency-Key", "must be 1 to 200 characters")])
+    return key
 
 
 @router.post(
@@ -42,16 +49,42 @@ async def _start(request: Request) -> tuple[Settings, Any]:
     response_class=EventStreamResponse,
 )
 async def stream_chat(request: Request) -> EventStreamResponse:
-    settings, job = await _start(request)
+    settings: Settings = request.app.state.settings
+    service: ChatService = request.app.state.chat
+    hub: StreamHub = request.app.state.streams
+    owner = principal_of(request)
+    chat = await _request(request)
+    key = _idempotency_key(request)
+    stream_id = uuid.uuid4().hex
+    if key is not None:
+        bound = await hub.events.claim(owner, key, stream_id)
+        if bound != stream_id:
+            # A retried POST (its response was lost): the same stream, not a second reply.
+            frames = await hub.follow(bound, owner, 0)
+            return EventStreamResponse(
+                frames, heartbeat_s=settings.heartbeat_s, headers={"x-stream-id": bound}
+            )
+    try:
+        job = await service.start(chat, owner, stream_id=stream_id)
+        frames = await hub.open(job, owner)
+    except BaseException:
+        if key is not None:
+            await hub.events.forget_claim(owner, key)
+        raise
+    return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=_headers(job))
+
+
+def _headers(job: ChatJob) -> dict[str, str]:
     headers = {"x-stream-id": job.stream_id}
     if job.conversation_id:  # new conversations get their id here, before the first frame
         headers["x-conversation-id"] = job.conversation_id
-    return EventStreamResponse(seed_frames(job), heartbeat_s=settings.heartbeat_s, headers=headers)
+    return headers
 
 
 @router.post("/ai/chat", summary="Chat reply as one JSON object", openapi_extra=REQUEST_BODY)
 async def chat(request: Request) -> JSONResponse:
-    _, job = await _start(request)
+    service: ChatService = request.app.state.chat
+    job = await service.start(await _request(request), principal_of(request))
     reply = await complete(job)
     if reply.error is not None:
         return error_response(reply.error, partial_content=reply.content or None)

@@ -25,9 +25,16 @@ _OPENAI_TYPES = {
 
 
 def _headers(exc: ChatRelayError) -> dict[str, str]:
-    if isinstance(exc, UpstreamError) and exc.retry_after is not None:
-        return {"retry-after": str(max(1, round(exc.retry_after)))}
-    return {}
+    headers: dict[str, str] = {}
+    if isinstance(exc, UpstreamError):
+        if exc.retry_after is not None:
+            headers["retry-after"] = str(max(1, round(exc.retry_after)))
+        # The OpenAI and Anthropic SDKs retry every 5xx unless told not to; a rejected key
+        # would otherwise be sent upstream again and again.
+        headers["x-should-retry"] = "true" if exc.retryable else "false"
+    elif exc.status >= 500:
+        headers["x-should-retry"] = "false"
+    return headers
 
 
 def error_response(exc: ChatRelayError, **extra: object) -> JSONResponse:

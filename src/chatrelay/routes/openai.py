@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..bodies import read_body
 from ..chat import ChatService, complete
+from ..errors import FieldProblem, InvalidField
 from ..openai_compat import (
     ChunkEncoder,
     OpenAIChatRequest,
@@ -44,8 +45,20 @@ async def chat_completions(request: Request) -> Response:
     service: ChatService = request.app.state.chat
     body = validate_json(await read_body(request, settings.max_body_bytes), OpenAIChatRequest)
     chat = to_chat_request(body)
-    # Stateless, as OpenAI's API is, unless the client names a conversation in `metadata`.
-    job = await service.start(chat, principal_of(request), persist=chat.conversation_id is not None)
+    try:
+        # Stateless, as OpenAI's API is, unless the client names a conversation in `metadata`.
+        job = await service.start(
+            chat, principal_of(request), persist=chat.conversation_id is not None
+        )
+    except InvalidField as exc:
+        if body.max_completion_tokens is None:
+            raise
+        # Name the field this client sent.
+        renamed = [
+            FieldProblem("max_completion_tokens", p.message) if p.field == "max_tokens" else p
+            for p in exc.problems
+        ]
+        raise InvalidField(renamed) from None
     if not body.stream:
         reply = await complete(job)
         if reply.error is not None:

@@ -1,0 +1,74 @@
+"""Per-stream event logs: the frames of each generation, readable from any offset.
+
+A generation appends its SSE frames (sequence ids 1, 2, 3, …) and finally marks its log
+finished; readers replay the frames after an offset and then follow live ones. The memory
+backend serves one instance; the Redis backend (Redis Streams for the frames, keys and
+pub/sub for the control) lets any instance read, resume and stop any stream.
+"""
+
+from __future__ import annotations
+
+from collections.abc import AsyncGenerator, Awaitable, Callable
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True, slots=True)
+class StreamInfo:
+    """What is known of a stream, wherever it runs."""
+
+    stream_id: str
+    owner: str
+    instance: str  # the instance running (or that ran) its generation
+    finished: bool
+
+
+class EventLog(Protocol):
+    """Storage and signalling for the streams of one or more instances."""
+
+    async def create(self, stream_id: str, owner: str) -> None:
+        """Register a new stream, running on this instance."""
+        ...
+
+    async def append(self, stream_id: str, seq: int, frame: bytes) -> None:
+        """Add frame `seq` (1, 2, 3, … without gaps)."""
+        ...
+
+    async def finish(self, stream_id: str) -> None:
+        """No more frames; the log now expires after the TTL."""
+        ...
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        """None for an unknown or expired stream."""
+        ...
+
+    def read(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
+        """Every frame after `after`, then live ones (several at once when they pile up),
+        until the log is finished."""
+        ...
+
+    async def claim(self, owner: str, key: str, stream_id: str) -> str:
+        """Bind an idempotency key to `stream_id` unless already bound; return the bound id."""
+        ...
+
+    async def forget_claim(self, owner: str, key: str) -> None: ...
+
+    async def attach(self, stream_id: str) -> None:
+        """A reader on this instance starts following a stream that may run elsewhere."""
+        ...
+
+    async def detach(self, stream_id: str) -> None: ...
+
+    async def remote_readers(self, stream_id: str) -> int:
+        """Readers following this stream from other instances."""
+        ...
+
+    async def request_stop(self, info: StreamInfo) -> None:
+        """Ask the instance running `info` to stop it (the local case is the hub's)."""
+        ...
+
+    async def start(self, on_control: Callable[[str, str], Awaitable[None]]) -> None:
+        """Begin delivering control messages (`stop`, `readers`) for this instance's streams."""
+        ...
+
+    async def close(self) -> None: ...

@@ -1,0 +1,23 @@
+"""Choosing the event log: Redis when `REDIS_URL` is set, else in-process memory."""
+
+from __future__ import annotations
+
+import uuid
+
+from ..settings import Settings
+from . import EventLog
+from .memory import MemoryEventLog
+
+
+async def open_event_log(settings: Settings) -> EventLog:
+    instance = uuid.uuid4().hex[:12]
+    if settings.redis_url is None:
+        return MemoryEventLog(instance, settings.stream_ttl_s)
+    from .redis import RedisEventLog
+
+    return await RedisEventLog.connect(
+        settings.redis_url.get_secret_value(),
+        instance=instance,
+        prefix=settings.redis_prefix,
+        ttl_s=settings.stream_ttl_s,
+    )

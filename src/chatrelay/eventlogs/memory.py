@@ -1,0 +1,125 @@
+"""The in-process event log: for one instance (the default when no REDIS_URL is set).
+
+Per stream it keeps the list of encoded frames, an owner, a finished flag and one waiter:
+a few hundred bytes beyond the frames themselves.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections import deque
+from collections.abc import AsyncGenerator, Awaitable, Callable
+
+from . import StreamInfo
+
+
+class _Stream:
+    __slots__ = ("finished", "frames", "owner", "waiter")
+
+    def __init__(self, owner: str) -> None:
+        self.owner = owner
+        self.frames: list[bytes] = []
+        self.finished = False
+        self.waiter: asyncio.Future[None] | None = None
+
+    def wake(self) -> None:
+        waiter, self.waiter = self.waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    async def changed(self) -> None:
+        if self.waiter is None:
+            self.waiter = asyncio.get_running_loop().create_future()
+        await asyncio.shield(self.waiter)  # one reader leaving must not cancel the others' wait
+
+
+class MemoryEventLog:
+    """Frames in memory; finished streams expire `ttl_s` after their end."""
+
+    def __init__(self, instance: str, ttl_s: float) -> None:
+        self.instance = instance
+        self._ttl = ttl_s
+        self._streams: dict[str, _Stream] = {}
+        self._expiry: deque[tuple[float, str]] = deque()
+        self._claims: dict[tuple[str, str], tuple[str, float]] = {}
+
+    def _sweep(self) -> None:
+        now = time.monotonic()
+        while self._expiry and self._expiry[0][0] <= now:
+            _, stream_id = self._expiry.popleft()
+            self._streams.pop(stream_id, None)
+        for claim, (_, expires) in list(self._claims.items()):
+            if expires <= now:
+                del self._claims[claim]
+
+    async def create(self, stream_id: str, owner: str) -> None:
+        self._sweep()
+        self._streams[stream_id] = _Stream(owner)
+
+    async def append(self, stream_id: str, seq: int, frame: bytes) -> None:
+        stream = self._streams[stream_id]
+        stream.frames.append(frame)
+        stream.wake()
+
+    async def finish(self, stream_id: str) -> None:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        stream.finished = True
+        stream.wake()
+        self._expiry.append((time.monotonic() + self._ttl, stream_id))
+
+    def has(self, stream_id: str) -> bool:
+        return stream_id in self._streams
+
+    async def info(self, stream_id: str) -> StreamInfo | None:
+        self._sweep()
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return None
+        return StreamInfo(stream_id, stream.owner, self.instance, stream.finished)
+
+    async def read(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
+        stream = self._streams.get(stream_id)
+        if stream is None:
+            return
+        index = after
+        frames = stream.frames
+        while True:
+            if index < len(frames):
+                # Everything that piled up goes out in one write.
+                batch = frames[index:]
+                index += len(batch)
+                yield batch[0] if len(batch) == 1 else b"".join(batch)
+            elif stream.finished:
+                return
+            else:
+                await stream.changed()
+
+    async def claim(self, owner: str, key: str, stream_id: str) -> str:
+        self._sweep()
+        bound, _ = self._claims.setdefault((owner, key), (stream_id, time.monotonic() + self._ttl))
+        return bound
+
+    async def forget_claim(self, owner: str, key: str) -> None:
+        self._claims.pop((owner, key), None)
+
+    async def attach(self, stream_id: str) -> None:
+        return None
+
+    async def detach(self, stream_id: str) -> None:
+        return None
+
+    async def remote_readers(self, stream_id: str) -> int:
+        return 0
+
+    async def request_stop(self, info: StreamInfo) -> None:
+        return None  # one instance: the hub stops its own generations
+
+    async def start(self, on_control: Callable[[str, str], Awaitable[None]]) -> None:
+        return None
+
+    async def close(self) -> None:
+        for stream in self._streams.values():
+            stream.wake()

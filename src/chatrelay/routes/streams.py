@@ -1,0 +1,57 @@
+"""Resuming and stopping a stream: `GET /ai/stream/{id}`, `POST /ai/stream/{id}/stop`."""
+
+from __future__ import annotations
+
+from typing import Annotated
+
+from fastapi import APIRouter, Query, Request
+
+from ..errors import FieldProblem, InvalidField
+from ..principals import principal_of
+from ..settings import Settings
+from ..sse import EventStreamResponse
+from ..streams import StreamHub
+
+router = APIRouter()
+
+
+def _offset(after: int | None, last_event_id: str | None) -> int:
+    if after is not None:
+        return after
+    if last_event_id is None or not last_event_id.strip():
+        return 0
+    try:
+        value = int(last_event_id)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise InvalidField(
+            [FieldProblem("Last-Event-ID", "must be the id of a frame (a whole number)")]
+        )
+    return value
+
+
+@router.get(
+    "/ai/stream/{stream_id}",
+    summary="Resume a stream after the frame `Last-Event-ID` (or `after`)",
+    response_class=EventStreamResponse,
+)
+async def resume_stream(
+    request: Request,
+    stream_id: str,
+    after: Annotated[int | None, Query(ge=0)] = None,
+) -> EventStreamResponse:
+    settings: Settings = request.app.state.settings
+    hub: StreamHub = request.app.state.streams
+    offset = _offset(after, request.headers.get("last-event-id"))
+    frames = await hub.follow(stream_id, principal_of(request), offset)
+    return EventStreamResponse(
+        frames, heartbeat_s=settings.heartbeat_s, headers={"x-stream-id": stream_id}
+    )
+
+
+@router.post("/ai/stream/{stream_id}/stop", summary="Stop a stream's generation")
+async def stop_stream(request: Request, stream_id: str) -> dict[str, str]:
+    hub: StreamHub = request.app.state.streams
+    status = await hub.stop(stream_id, principal_of(request))
+    return {"stream_id": stream_id, "status": status}

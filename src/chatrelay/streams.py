@@ -1,0 +1,217 @@
+"""Generations decoupled from HTTP responses: resume, Stop, grace, idempotency, shutdown.
+
+Each accepted `/ai/stream/chat` request becomes one *generation*: a task that runs the reply
+and appends its SSE frames to the stream's event log. HTTP responses are *readers* of that log:
+the POST's own response, and any `GET /ai/stream/{id}` resuming after a dropped connection,
+on this instance or (with Redis) another one.
+
+    POST ──> hub.open(job) ──> task: seed_frames(job) ──append──> event log
+                  │                                                  │
+                  └──> reader ──────────── read(after=N) ────────────┘ <── GET /ai/stream/{id}
+
+- When the last reader of a running generation goes away, it runs on for the grace period,
+  waiting for a resume; then it is cancelled (which closes the upstream request). A grace of 0
+  cancels at once, as a plain relay would.
+- Stop cancels the generation wherever it runs; its readers get an `end` frame with reason
+  `stopped`, then `[DONE]`.
+- On shutdown new streams are refused, running ones get `shutdown_grace_s` to finish, and the
+  rest end with a `server_restarting` error frame.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import AsyncGenerator
+from contextlib import aclosing
+from typing import TYPE_CHECKING
+
+from .errors import NotFound, ServerRestarting
+from .eventlogs import EventLog
+from .sse import cancelled_frames, seed_frames
+
+if TYPE_CHECKING:
+    from .chat import ChatJob
+
+log = logging.getLogger("chatrelay.streams")
+
+
+class Generation:
+    """A reply being generated on this instance."""
+
+    __slots__ = ("grace", "job", "readers", "task")
+
+    def __init__(self, job: ChatJob) -> None:
+        self.job = job
+        self.readers = 0
+        self.grace: asyncio.TimerHandle | None = None
+        self.task: asyncio.Task[None] | None = None
+
+
+class StreamHub:
+    """Runs this instance's generations and serves readers of any stream."""
+
+    def __init__(self, events: EventLog, *, grace_s: float) -> None:
+        self.events = events
+        self._grace_s = grace_s
+        self._running: dict[str, Generation] = {}
+        self.draining = False
+
+    async def start(self) -> None:
+        await self.events.start(self._on_control)
+
+    async def close(self) -> None:
+        await self.events.close()
+
+    @property
+    def running(self) -> int:
+        return len(self._running)
+
+    # -- generations -------------------------------------------------------------------------
+    async def open(self, job: ChatJob, owner: str) -> AsyncGenerator[bytes, None]:
+        """Start generating `job`; return the first reader (already counted)."""
+        if self.draining:
+            raise ServerRestarting()
+        await self.events.create(job.stream_id, owner)
+        generation = Generation(job)
+        generation.readers = 1  # the POST's own response, before it starts reading
+        self._running[job.stream_id] = generation
+        generation.task = asyncio.get_running_loop().create_task(
+            self._generate(generation), name=f"generation-{job.stream_id}"
+        )
+        return self._read(job.stream_id, 0, generation)
+
+    async def _generate(self, generation: Generation) -> None:
+        stream_id = generation.job.stream_id
+        seq = 0
+        try:
+            try:
+                async with aclosing(seed_frames(generation.job)) as frames:
+                    async for frame in frames:
+                        seq += 1
+                        await self.events.append(stream_id, seq, frame)
+            except asyncio.CancelledError:
+                # Stopped, abandoned by its readers, or the server is going away: the job has
+                # recorded why; the readers (and later resumes) get the matching end frames.
+                reason = generation.job.cancel_reason or "server_restarting"
+                for frame in cancelled_frames(reason, seq + 1):
+                    seq += 1
+                    await self.events.append(stream_id, seq, frame)
+        except Exception:
+            log.exception("generation %s failed", stream_id)
+        finally:
+            self._running.pop(stream_id, None)
+            if generation.grace is not None:
+                generation.grace.cancel()
+            try:
+                await self.events.finish(stream_id)
+            except Exception:
+                log.exception("could not finish the log of stream %s", stream_id)
+
+    def _cancel(self, generation: Generation, reason: str) -> None:
+        task = generation.task
+        if task is not None and not task.done() and generation.job.cancel_reason is None:
+            generation.job.cancel_reason = reason
+            task.cancel()
+
+    # -- readers -----------------------------------------------------------------------------
+    async def follow(self, stream_id: str, owner: str, after: int) -> AsyncGenerator[bytes, None]:
+        """A reader of an existing stream from frame `after` on (404 if unknown or not yours)."""
+        info = await self.events.info(stream_id)
+        if info is None or info.owner != owner:
+            raise NotFound(f"Stream {stream_id!r} not found (unknown, or expired)")
+        generation = self._running.get(stream_id)
+        if generation is not None:
+            generation.readers += 1
+            if generation.grace is not None:
+                generation.grace.cancel()
+                generation.grace = None
+        else:
+            await self.events.attach(stream_id)
+        return self._read(stream_id, after, generation)
+
+    async def _read(
+        self, stream_id: str, after: int, generation: Generation | None
+    ) -> AsyncGenerator[bytes, None]:
+        try:
+            async with aclosing(self.events.read(stream_id, after)) as frames:
+                async for chunk in frames:
+                    yield chunk
+        finally:
+            if generation is not None:
+                generation.readers -= 1
+                if generation.readers == 0:
+                    self._arm_grace(generation)
+            else:
+                await self.events.detach(stream_id)
+
+    def _arm_grace(self, generation: Generation) -> None:
+        if generation.task is None or generation.task.done():
+            return
+        if self._grace_s <= 0:
+            self._cancel(generation, "disconnected")
+            return
+        if generation.grace is None:
+            loop = asyncio.get_running_loop()
+            generation.grace = loop.call_later(
+                self._grace_s, lambda: loop.create_task(self._grace_expired(generation))
+            )
+
+    async def _grace_expired(self, generation: Generation) -> None:
+        generation.grace = None
+        if generation.readers > 0:
+            return
+        if await self.events.remote_readers(generation.job.stream_id) > 0:
+            return  # someone follows it from another instance
+        log.info(
+            "stream %s has had no reader for %g s: cancelling",
+            generation.job.stream_id,
+            self._grace_s,
+        )
+        self._cancel(generation, "disconnected")
+
+    # -- stop --------------------------------------------------------------------------------
+    async def stop(self, stream_id: str, owner: str) -> str:
+        """Stop a stream wherever it runs; 'stopped', or 'finished' if it had already ended."""
+        info = await self.events.info(stream_id)
+        if info is None or info.owner != owner:
+            raise NotFound(f"Stream {stream_id!r} not found (unknown, or expired)")
+        if info.finished:
+            return "finished"
+        generation = self._running.get(stream_id)
+        if generation is not None:
+            self._cancel(generation, "stopped")
+            if generation.task is not None:
+                await asyncio.wait({generation.task}, timeout=5)
+            return "stopped"
+        await self.events.request_stop(info)
+        for _ in range(100):  # wait (up to 5 s) for the other instance to end it
+            current = await self.events.info(stream_id)
+            if current is None or current.finished:
+                break
+            await asyncio.sleep(0.05)
+        return "stopped"
+
+    async def _on_control(self, kind: str, stream_id: str) -> None:
+        """A message from another instance about one of this instance's streams."""
+        generation = self._running.get(stream_id)
+        if generation is None:
+            return
+        if kind == "stop":
+            self._cancel(generation, "stopped")
+        elif kind == "readers" and generation.readers == 0:
+            self._arm_grace(generation)
+
+    # -- shutdown ----------------------------------------------------------------------------
+    async def drain(self, grace_s: float) -> None:
+        """Refuse new streams, let running ones finish for `grace_s`, then end the rest."""
+        self.draining = True
+        tasks = {g.task for g in self._running.values() if g.task is not None}
+        if tasks:
+            log.info("waiting up to %g s for %d streams to finish", grace_s, len(tasks))
+            await asyncio.wait(tasks, timeout=grace_s)
+        for generation in list(self._running.values()):
+            self._cancel(generation, "server_restarting")
+        tasks = {g.task for g in self._running.values() if g.task is not None}
+        if tasks:
+            await asyncio.wait(tasks, timeout=5)
