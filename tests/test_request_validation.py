@@ -233,6 +233,6 @@ async def test_unknown_route_and_wrong_method_answer_in_the_same_error_shape(
     missing = await client.get(f"{base_url}/nope")
     assert missing.status_code == 404
     assert missing.json()["error"]["code"] == "not_found"
-    wrong = await client.get(f"{base_url}/ai/stream/chat")
+    wrong = await client.get(f"{base_url}/ai/chat")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
