@@ -219,4 +219,5 @@ async def test_health_answers_200(client: httpx.AsyncClient) -> None:
     async with serve(make_settings(provider="mock")) as url:
         response = await client.get(f"{url}/healthz")
     assert response.status_code == 200
-    assert response.json() == {"status": "ok"}
+    assert response.json()["status"] == "ok"
+    assert len(response.json()["instance"]) == 12

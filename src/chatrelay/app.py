@@ -17,7 +17,7 @@ from .chat import ChatService
 from .conversations import Conversations
 from .db import create_engine, upgrade
 from .errors import ChatRelayError, InvalidField, RequestError
-from .eventlogs.factory import open_event_log
+from .eventlogs.factory import instance_id, open_event_log
 from .logs import hide_secrets
 from .models import models_config
 from .relay import Relay, RetryPolicy
@@ -68,7 +68,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             router.describe(),
             ", ".join(router.aliases),
         )
-        hub = StreamHub(await open_event_log(settings), grace_s=settings.resume_grace_s)
+        instance = instance_id()
+        hub = StreamHub(
+            await open_event_log(settings, instance),
+            grace_s=settings.resume_grace_s,
+            instance=instance,
+        )
         await hub.start()
         app.state.streams = hub
         try:

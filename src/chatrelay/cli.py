@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import TypeVar
+from typing import Any, TypeVar
 
 import click
 import orjson
+import uvicorn
 from pydantic import ValidationError
 
 from .errors import ConfigError
@@ -29,7 +31,6 @@ def main() -> None:
 @click.option("--port", type=int, default=None, help="Port to listen on [env PORT; 8000].")
 def serve(host: str | None, port: int | None) -> None:
     """Start the server (provider and settings from the environment and .env)."""
-    import uvicorn
 
     from .app import create_app
     from .logs import configure_logging
@@ -47,7 +48,7 @@ def serve(host: str | None, port: int | None) -> None:
         raise click.ClickException(f"invalid setting: {exc}") from None
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
-    uvicorn.run(
+    config = uvicorn.Config(
         app,
         host=settings.host,
         port=settings.port,
@@ -57,7 +58,32 @@ def serve(host: str | None, port: int | None) -> None:
         access_log=False,
         # Keep-alive must outlast the heartbeat-free gap between a client's requests.
         timeout_keep_alive=30,
+        # A backstop only: streams are drained (and ended) before uvicorn waits for them.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+    DrainingServer(config, app, settings.shutdown_grace_s).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, draining the streams on shutdown before it waits for connections to close.
+
+    On SIGTERM: stop accepting connections, let running generations finish for the grace
+    period, end the rest with `server_restarting` (so their readers end cleanly and know to
+    resume or resend), then shut down as uvicorn does.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any, grace_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while we drain
+        hub = getattr(self._app.state, "streams", None)
+        if hub is not None:
+            await hub.drain(self._grace_s)
+        await super().shutdown(sockets)
 
 
 def _run(coroutine_factory: Callable[[Store], Awaitable[T]]) -> T:

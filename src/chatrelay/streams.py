@@ -51,8 +51,9 @@ class Generation:
 class StreamHub:
     """Runs this instance's generations and serves readers of any stream."""
 
-    def __init__(self, events: EventLog, *, grace_s: float) -> None:
+    def __init__(self, events: EventLog, *, grace_s: float, instance: str) -> None:
         self.events = events
+        self.instance = instance
         self._grace_s = grace_s
         self._running: dict[str, Generation] = {}
         self.draining = False

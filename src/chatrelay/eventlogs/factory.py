@@ -9,8 +9,12 @@ from . import EventLog
 from .memory import MemoryEventLog
 
 
-async def open_event_log(settings: Settings) -> EventLog:
-    instance = uuid.uuid4().hex[:12]
+def instance_id() -> str:
+    """This process's name among the instances sharing Redis (random, per start)."""
+    return uuid.uuid4().hex[:12]
+
+
+async def open_event_log(settings: Settings, instance: str) -> EventLog:
     if settings.redis_url is None:
         return MemoryEventLog(instance, settings.stream_ttl_s)
     from .redis import RedisEventLog

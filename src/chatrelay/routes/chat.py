@@ -61,9 +61,8 @@ async def stream_chat(request: Request) -> EventStreamResponse:
         if bound != stream_id:
             # A retried POST (its response was lost): the same stream, not a second reply.
             frames = await hub.follow(bound, owner, 0)
-            return EventStreamResponse(
-                frames, heartbeat_s=settings.heartbeat_s, headers={"x-stream-id": bound}
-            )
+            headers = {"x-stream-id": bound, "x-chatrelay-instance": hub.instance}
+            return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
     try:
         job = await service.start(chat, owner, stream_id=stream_id)
         frames = await hub.open(job, owner)
@@ -71,11 +70,14 @@ async def stream_chat(request: Request) -> EventStreamResponse:
         if key is not None:
             await hub.events.forget_claim(owner, key)
         raise
-    return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=_headers(job))
+    return EventStreamResponse(
+        frames, heartbeat_s=settings.heartbeat_s, headers=_headers(job, hub.instance)
+    )
 
 
-def _headers(job: ChatJob) -> dict[str, str]:
-    headers = {"x-stream-id": job.stream_id}
+def _headers(job: ChatJob, instance: str) -> dict[str, str]:
+    # The instance is random per process: it tells operators (and tests) who served a stream.
+    headers = {"x-stream-id": job.stream_id, "x-chatrelay-instance": instance}
     if job.conversation_id:  # new conversations get their id here, before the first frame
         headers["x-conversation-id"] = job.conversation_id
     return headers

@@ -45,9 +45,8 @@ async def resume_stream(
     hub: StreamHub = request.app.state.streams
     offset = _offset(after, request.headers.get("last-event-id"))
     frames = await hub.follow(stream_id, principal_of(request), offset)
-    return EventStreamResponse(
-        frames, heartbeat_s=settings.heartbeat_s, headers={"x-stream-id": stream_id}
-    )
+    headers = {"x-stream-id": stream_id, "x-chatrelay-instance": hub.instance}
+    return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
 
 
 @router.post("/ai/stream/{stream_id}/stop", summary="Stop a stream's generation")
