@@ -78,6 +78,32 @@ async def database_url(request: pytest.FixtureRequest, tmp_path: Any) -> AsyncIt
             yield url
 
 
+REDIS_URL = os.environ.get("CHATRELAY_TEST_REDIS_URL", "redis://127.0.0.1:6379/0")
+
+
+@asynccontextmanager
+async def redis_prefix() -> AsyncIterator[str]:
+    """A key prefix of this test's own on the test Redis; its keys are deleted afterwards."""
+    from redis.asyncio import Redis
+
+    prefix = f"chatrelay-test-{uuid.uuid4().hex[:12]}"
+    redis = Redis.from_url(REDIS_URL)
+    try:
+        await redis.ping()
+    except Exception as exc:
+        pytest.fail(
+            f"Redis at {REDIS_URL} is not reachable ({exc}); start it or set"
+            " CHATRELAY_TEST_REDIS_URL (.ci/run does both)"
+        )
+    try:
+        yield prefix
+    finally:
+        keys = [key async for key in redis.scan_iter(match=f"{prefix}:*", count=500)]
+        if keys:
+            await redis.delete(*keys)
+        await redis.aclose()
+
+
 def make_settings(**values: Any) -> Settings:
     """Settings from field names (not env names), e.g. make_settings(provider="mock")."""
     base: dict[str, Any] = {"mock_delay_s": 0.0}
@@ -85,11 +111,15 @@ def make_settings(**values: Any) -> Settings:
     return Settings.model_validate(base, by_name=True)
 
 
-@asynccontextmanager
-async def serve(settings: Settings) -> AsyncIterator[str]:
+def serve(settings: Settings) -> Any:
     """Run the app on uvicorn (real HTTP, real disconnects) and yield its base URL."""
+    return serve_app(create_app(settings))
+
+
+@asynccontextmanager
+async def serve_app(app: Any) -> AsyncIterator[str]:
     config = uvicorn.Config(
-        create_app(settings),
+        app,
         host="127.0.0.1",
         port=0,
         loop="none",

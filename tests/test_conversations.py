@@ -268,7 +268,7 @@ async def test_the_conversations_api_lists_reads_renames_and_deletes(
         deleted_again = await client.delete(f"{url}/conversations/{ids[1]}")
         missing = await client.patch(f"{url}/conversations/nope", json={"title": "x"})
     assert [len(p) for p in pages] == [2, 2, 1]
-    assert sum(pages, []) == list(reversed(ids))  # newest first, each once
+    assert [cid for page in pages for cid in page] == list(reversed(ids))  # newest first, once
     assert renamed.status_code == 200
     assert renamed.json()["title"] == "Renamed"
     assert renamed.json()["metadata"] == {"pinned": True}
