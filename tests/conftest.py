@@ -106,7 +106,8 @@ async def redis_prefix() -> AsyncIterator[str]:
 
 def make_settings(**values: Any) -> Settings:
     """Settings from field names (not env names), e.g. make_settings(provider="mock")."""
-    base: dict[str, Any] = {"mock_delay_s": 0.0}
+    # Auth is off unless a test turns it on (a paid provider needs CHATRELAY_AUTH set).
+    base: dict[str, Any] = {"mock_delay_s": 0.0, "auth": "none"}
     base.update(values)
     return Settings.model_validate(base, by_name=True)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from contextlib import asynccontextmanager
+from contextlib import AsyncExitStack, asynccontextmanager
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
@@ -13,15 +13,18 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from . import __version__
-from .chat import ChatService
+from .auth import AccessMiddleware, Authenticator, access_modes
+from .chat import ChatService, InputLimits
 from .conversations import Conversations
 from .db import create_engine, upgrade
 from .errors import ChatRelayError, InvalidField, RequestError
 from .eventlogs.factory import instance_id, open_event_log
+from .keys import ApiKeys
 from .logs import hide_secrets
 from .models import models_config
+from .quotas import Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
-from .routes import chat, conversations, health, openai, streams
+from .routes import chat, conversations, health, me, openai, streams
 from .routes.errors import error_response, openai_error_response
 from .routing import Router
 from .schemas import problems_from
@@ -36,53 +39,96 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     """Build the app; the settings are read from the environment here unless given."""
     settings = settings or Settings()
     settings.check()
-    # Read the models file now, so a bad one stops the server before it listens.
+    # Everything that can be wrong with the configuration is found now, before listening.
     models = models_config(settings)
     hide_secrets(*models.keys.values())
+    if settings.jwt_secret is not None:
+        hide_secrets(settings.jwt_secret.get_secret_value())
     only_mock = all(spec.provider == "mock" for spec in models.specs.values())
+    modes = access_modes(
+        settings.auth,
+        paid=not only_mock,
+        jwt_configured=bool(settings.jwt_secret or settings.jwt_jwks_url),
+    )
+    limits = {
+        kind: Limits.parse(getattr(settings, f"limits_{kind}"), f"CHATRELAY_LIMITS_{kind.upper()}")
+        for kind in ("api_key", "user", "anonymous", "public")
+    }
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
-        engine = create_engine(settings.database_url, settings.db_pool_size)
-        await upgrade(engine)
-        store = Store(engine, settings.conversation_lock_s)
-        app.state.store = store
-        router = Router.build(models, settings)
-        relay = Relay(
-            first_token_timeout_s=settings.first_token_timeout_s,
-            retry=RetryPolicy(
-                max_retries=settings.max_retries,
-                base_s=settings.retry_base_s,
-                retry_after_cap_s=settings.retry_after_cap_s,
-            ),
-        )
-        app.state.chat = ChatService(
-            router,
-            relay,
-            settings.max_tokens_limit,
-            Conversations(store, settings.history_budget_tokens),
-        )
-        log.info(
-            "chatrelay %s serving %s (models: %s)",
-            __version__,
-            router.describe(),
-            ", ".join(router.aliases),
-        )
-        instance = instance_id()
-        hub = StreamHub(
-            await open_event_log(settings, instance),
-            grace_s=settings.resume_grace_s,
-            instance=instance,
-        )
-        await hub.start()
-        app.state.streams = hub
-        try:
-            yield
-        finally:
-            await hub.drain(0)  # the CLI's server drains with a grace period before this
-            await hub.close()
-            await router.aclose()
-            await store.close()
+        async with AsyncExitStack() as stack:
+            engine = create_engine(settings.database_url, settings.db_pool_size)
+            stack.push_async_callback(engine.dispose)
+            await upgrade(engine)
+            store = Store(engine, settings.conversation_lock_s)
+            keys = ApiKeys(engine, settings.key_cache_s)
+            redis = None
+            if settings.redis_url is not None:
+                from redis.asyncio import Redis  # only when used: each import costs memory
+
+                redis = Redis.from_url(
+                    settings.redis_url.get_secret_value(), health_check_interval=30
+                )
+                stack.push_async_callback(redis.aclose)
+                await redis.ping()
+            counters = RedisCounters(redis) if redis is not None else MemoryCounters()
+            quotas = Quotas(counters, settings.redis_prefix, settings.conversation_lock_s)
+
+            router = Router.build(models, settings)
+            stack.push_async_callback(router.aclose)
+            relay = Relay(
+                first_token_timeout_s=settings.first_token_timeout_s,
+                retry=RetryPolicy(
+                    max_retries=settings.max_retries,
+                    base_s=settings.retry_base_s,
+                    retry_after_cap_s=settings.retry_after_cap_s,
+                ),
+            )
+            instance = instance_id()
+            hub = StreamHub(
+                open_event_log(settings, instance, redis),
+                grace_s=settings.resume_grace_s,
+                instance=instance,
+            )
+            await hub.start()
+            stack.push_async_callback(hub.close)
+
+            app.state.store = store
+            app.state.keys = keys
+            app.state.quotas = quotas
+            app.state.streams = hub
+            app.state.auth = Authenticator(
+                modes,
+                keys=keys,
+                limits=limits,
+                jwt_secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
+                jwks_url=settings.jwt_jwks_url,
+                jwks_cooldown_s=settings.jwks_cooldown_s,
+                issuer=settings.jwt_issuer,
+                audience=settings.jwt_audience,
+                leeway_s=settings.jwt_leeway_s,
+                trusted_proxies=settings.trusted_proxies,
+            )
+            app.state.chat = ChatService(
+                router,
+                relay,
+                InputLimits.from_settings(settings),
+                Conversations(store, settings.history_budget_tokens),
+                quotas,
+            )
+            log.info(
+                "chatrelay %s serving %s (models: %s; auth: %s; instance %s)",
+                __version__,
+                router.describe(),
+                ", ".join(router.aliases),
+                ",".join(sorted(modes)),
+                instance,
+            )
+            try:
+                yield
+            finally:
+                await hub.drain(0)  # the CLI's server drains with a grace period before this
 
     app = FastAPI(title="chatrelay", version=__version__, lifespan=lifespan)
     app.state.settings = settings
@@ -90,14 +136,17 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(openai.router)
     app.include_router(conversations.router)
+    app.include_router(me.router)
     app.include_router(health.router)
+    # Outermost first: CORS answers preflights before access checks run.
+    app.add_middleware(AccessMiddleware)
     if origins := settings.allowed_origins(only_mock):
         app.add_middleware(
             CORSMiddleware,
             allow_origins=origins,
             allow_methods=["GET", "POST", "PATCH", "DELETE", "OPTIONS"],
             allow_headers=["*"],
-            expose_headers=["X-Stream-ID", "X-Conversation-ID"],
+            expose_headers=["X-Stream-ID", "X-Conversation-ID", "X-Request-ID", "Retry-After"],
             max_age=600,
         )
     _install_error_handlers(app)

@@ -13,7 +13,7 @@ import logging
 import math
 import time
 import uuid
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -22,10 +22,13 @@ from .conversations import Conversations, Turn
 from .errors import ChatRelayError, FieldProblem, InvalidField, Unsupported
 from .events import TextDelta, ThinkingDelta, Usage
 from .models import ModelSpec
+from .principals import Principal
 from .providers import ChatParams
+from .quotas import Admission, Limits, Quotas
 from .relay import Answering, End, Relay, RelayEvent
 from .routing import Router, Target
 from .schemas import ChatRequest
+from .settings import Settings
 from .store import Reply
 
 log = logging.getLogger("chatrelay.chat")
@@ -33,6 +36,75 @@ log = logging.getLogger("chatrelay.chat")
 # The seed guide's defaults.
 DEFAULT_MAX_TOKENS = 2048
 DEFAULT_TEMPERATURE = 0.7
+
+
+@dataclass(frozen=True, slots=True)
+class InputLimits:
+    """How big a request may be, beyond the body size (each error names its limit)."""
+
+    max_messages: int
+    max_message_chars: int
+    max_total_chars: int
+    max_image_bytes: int
+    max_tokens: int
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> InputLimits:
+        return cls(
+            settings.max_messages,
+            settings.max_message_chars,
+            settings.max_total_chars,
+            settings.max_image_bytes,
+            settings.max_tokens_limit,
+        )
+
+    def check(self, request: ChatRequest, spec: ModelSpec) -> None:
+        problems: list[FieldProblem] = []
+        if len(request.messages) > self.max_messages:
+            problems.append(
+                FieldProblem(
+                    "messages",
+                    f"{len(request.messages)} messages, over the limit of {self.max_messages}"
+                    " (CHATRELAY_MAX_MESSAGES)",
+                )
+            )
+        total = 0
+        for index, message in enumerate(request.messages):
+            size = len(message.text())
+            total += size
+            if size > self.max_message_chars:
+                problems.append(
+                    FieldProblem(
+                        f"messages[{index}].content",
+                        f"{size} characters, over the limit of {self.max_message_chars} per"
+                        " message (CHATRELAY_MAX_MESSAGE_CHARS)",
+                    )
+                )
+            for number, image_bytes in message.image_sizes():
+                if image_bytes > self.max_image_bytes:
+                    problems.append(
+                        FieldProblem(
+                            f"messages[{index}].content[{number}]",
+                            f"an image of {image_bytes} bytes, over the limit of"
+                            f" {self.max_image_bytes} (CHATRELAY_MAX_IMAGE_BYTES)",
+                        )
+                    )
+        if total > self.max_total_chars:
+            problems.append(
+                FieldProblem(
+                    "messages",
+                    f"{total} characters in all, over the limit of {self.max_total_chars}"
+                    " (CHATRELAY_MAX_TOTAL_CHARS)",
+                )
+            )
+        cap = min(self.max_tokens, spec.max_tokens_cap or self.max_tokens)
+        if request.max_tokens is not None and request.max_tokens > cap:
+            problems.append(FieldProblem("max_tokens", f"must be at most {cap} for {spec.alias!r}"))
+        if problems:
+            raise InvalidField(problems)
+
+
+Finisher = Callable[[Reply], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -51,6 +123,8 @@ class ChatJob:
     conversations: Conversations | None = None
     # Why the reply was cut before its end, when it was: stopped, disconnected, server_restarting.
     cancel_reason: str | None = None
+    # Run (in order) with the reply when it ends, however it ends: store it, settle quotas.
+    finishers: list[Finisher] = field(default_factory=list)
 
     @property
     def conversation_id(self) -> str | None:
@@ -100,8 +174,11 @@ class ChatJob:
             )
             self._count_tokens(reply, end.usage if end else None)
             self._log_end(reply, end)
-            if self.turn is not None and self.conversations is not None:
-                await self.conversations.end(self.turn, reply)
+            for finish in self.finishers:
+                try:
+                    await finish(reply)
+                except Exception:
+                    log.exception("finishing stream %s failed", self.stream_id)
 
     def _count_tokens(self, reply: Reply, usage: Usage | None) -> None:
         """The upstream's counts, or an estimate (flagged) where it gave none."""
@@ -185,32 +262,30 @@ class ChatService:
         self,
         router: Router,
         relay: Relay,
-        max_tokens_limit: int,
+        limits: InputLimits,
         conversations: Conversations | None = None,
+        quotas: Quotas | None = None,
     ) -> None:
         self.router = router
         self.relay = relay
-        self.max_tokens_limit = max_tokens_limit
+        self.limits = limits
         self.conversations = conversations
+        self.quotas = quotas
 
     async def start(
         self,
         request: ChatRequest,
-        owner: str,
+        principal: Principal,
         *,
         persist: bool = True,
         stream_id: str | None = None,
     ) -> ChatJob:
-        """Check the request, record it in its conversation, and plan the job.
-
-        Nothing is sent upstream yet: that happens when the job's events are read.
+        """Check the request and the caller's limits, record it in its conversation, and plan
+        the job. Nothing is sent upstream yet: that happens when the job's events are read.
         """
-        if request.max_tokens is not None and request.max_tokens > self.max_tokens_limit:
-            raise InvalidField(
-                [FieldProblem("max_tokens", f"must be at most {self.max_tokens_limit}")]
-            )
         targets = self.router.targets(request.model)
         primary = targets[0]
+        self.limits.check(request, primary.spec)
         if (
             request.temperature is not None
             and request.temperature > 1
@@ -240,13 +315,42 @@ class ChatService:
             thinking=params.thinking is not None,
             warnings=warnings,
         )
-        if persist and self.conversations is not None:
-            turn = await self.conversations.begin(
-                request.conversation_id, params.messages, owner, job.stream_id, job.requested_model
+        admission = await self._admit(principal, params, job.stream_id)
+        try:
+            if persist and self.conversations is not None:
+                turn = await self.conversations.begin(
+                    request.conversation_id,
+                    params.messages,
+                    principal.id,
+                    job.stream_id,
+                    job.requested_model,
+                )
+                job.turn, job.conversations = turn, self.conversations
+                job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
+                job.finishers.append(lambda reply: self.conversations.end(turn, reply))  # type: ignore[union-attr]
+        except BaseException:
+            if admission is not None and self.quotas is not None:
+                await self.quotas.settle(admission, 0)
+            raise
+        if admission is not None and self.quotas is not None:
+            quotas = self.quotas
+            job.finishers.append(
+                lambda reply: quotas.settle(
+                    admission, (reply.input_tokens or 0) + (reply.output_tokens or 0)
+                )
             )
-            job.turn, job.conversations = turn, self.conversations
-            job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
         return job
+
+    async def _admit(
+        self, principal: Principal, params: ChatParams, stream_id: str
+    ) -> Admission | None:
+        limits = principal.limits
+        if self.quotas is None or limits == Limits():
+            return None
+        # Reserve what the request may cost at most: its input and all of max_tokens.
+        chars = len(params.system or "") + sum(len(str(m["content"])) for m in params.messages)
+        reserve = math.ceil(chars / 4) + params.max_tokens if limits.counts_tokens else 0
+        return await self.quotas.admit(principal.id, limits, reserve, stream_id)
 
     def _params(self, request: ChatRequest, spec: ModelSpec) -> ChatParams:
         sampling = spec.accepts_sampling and not request.thinking

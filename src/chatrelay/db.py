@@ -29,6 +29,11 @@ def normalize_url(url: str) -> str:
     backend = parsed.get_backend_name()
     if backend in ("postgres", "postgresql"):
         parsed = parsed.set(drivername="postgresql+asyncpg")
+        # PaaS URLs carry libpq's `sslmode`; asyncpg takes the same values as `ssl`.
+        if "sslmode" in parsed.query:
+            query = dict(parsed.query)
+            query["ssl"] = query.pop("sslmode")
+            parsed = parsed.set(query=query)
     elif backend == "sqlite":
         parsed = parsed.set(drivername="sqlite+aiosqlite")
     else:

@@ -74,6 +74,7 @@ class ModelSpec:
     base_url: str | None = None
     api_key_env: str | None = None
     max_tokens: int | None = None
+    max_tokens_cap: int | None = None  # the most a request may ask of this model
     temperature: bool | None = None  # accepts sampling parameters; None: judged by model id
     vision: bool | None = None  # accepts images; None: Claude and the mock do
     fallbacks: tuple[str, ...] = ()
@@ -101,6 +102,7 @@ class _FileModel(BaseModel):
     base_url: str | None = Field(None, pattern=r"^https?://")
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     max_tokens: int | None = Field(None, ge=1)
+    max_tokens_cap: int | None = Field(None, ge=1)
     temperature: bool | None = None
     vision: bool | None = None
     fallbacks: list[str] = Field(default_factory=list)
@@ -169,6 +171,7 @@ def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
             base_url=entry.base_url,
             api_key_env=entry.api_key_env,
             max_tokens=entry.max_tokens,
+            max_tokens_cap=entry.max_tokens_cap,
             temperature=entry.temperature,
             vision=entry.vision,
             fallbacks=tuple(entry.fallbacks),

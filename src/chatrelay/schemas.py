@@ -110,6 +110,16 @@ class ChatMessage(BaseModel):
             isinstance(block, ImageBlock) for block in self.content
         )
 
+    def image_sizes(self) -> list[tuple[int, int]]:
+        """(block index, decoded bytes) of each base64 image."""
+        if isinstance(self.content, str):
+            return []
+        return [
+            (index, len(block.source.data) * 3 // 4)
+            for index, block in enumerate(self.content)
+            if isinstance(block, ImageBlock) and block.source.data is not None
+        ]
+
 
 class ThinkingConfig(BaseModel):
     """Extended thinking, as the Messages API takes it."""

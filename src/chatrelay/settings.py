@@ -78,7 +78,37 @@ class Settings(BaseSettings):
     # --- mock provider ----------------------------------------------------------------------
     mock_delay_s: float = Field(0.02, ge=0, le=10, validation_alias="CHATRELAY_MOCK_DELAY_S")
 
+    # --- access ----------------------------------------------------------------------------
+    auth: Annotated[list[str] | None, NoDecode] = Field(None, validation_alias="CHATRELAY_AUTH")
+    jwt_secret: SecretStr | None = Field(None, validation_alias="CHATRELAY_JWT_SECRET")
+    jwt_jwks_url: str | None = Field(None, validation_alias="CHATRELAY_JWT_JWKS_URL")
+    jwt_issuer: str | None = Field(None, validation_alias="CHATRELAY_JWT_ISSUER")
+    jwt_audience: str | None = Field(None, validation_alias="CHATRELAY_JWT_AUDIENCE")
+    jwt_leeway_s: float = Field(60.0, ge=0, validation_alias="CHATRELAY_JWT_LEEWAY_S")
+    jwks_cooldown_s: float = Field(5.0, ge=0, validation_alias="CHATRELAY_JWKS_COOLDOWN_S")
+    trusted_proxies: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, validation_alias="CHATRELAY_TRUSTED_PROXIES"
+    )
+    key_cache_s: float = Field(10.0, ge=0, validation_alias="CHATRELAY_KEY_CACHE_S")
+    limits_api_key: str = Field(
+        "rpm=600,concurrency=50,tpm=2000000,daily_tokens=50000000",
+        validation_alias="CHATRELAY_LIMITS_API_KEY",
+    )
+    limits_user: str = Field(
+        "rpm=30,concurrency=3,tpm=200000,daily_tokens=2000000",
+        validation_alias="CHATRELAY_LIMITS_USER",
+    )
+    limits_anonymous: str = Field(
+        "rpm=5,concurrency=1,tpm=20000,daily_tokens=100000",
+        validation_alias="CHATRELAY_LIMITS_ANONYMOUS",
+    )
+    limits_public: str = Field("", validation_alias="CHATRELAY_LIMITS_PUBLIC")
+
     # --- request limits ---------------------------------------------------------------------
+    max_messages: int = Field(500, ge=1, validation_alias="CHATRELAY_MAX_MESSAGES")
+    max_message_chars: int = Field(100_000, ge=1, validation_alias="CHATRELAY_MAX_MESSAGE_CHARS")
+    max_total_chars: int = Field(400_000, ge=1, validation_alias="CHATRELAY_MAX_TOTAL_CHARS")
+    max_image_bytes: int = Field(5_242_880, ge=1, validation_alias="CHATRELAY_MAX_IMAGE_BYTES")
     max_body_bytes: int = Field(1_048_576, ge=1024, validation_alias="CHATRELAY_MAX_BODY_BYTES")
     max_tokens_limit: int = Field(64_000, ge=1, validation_alias="CHATRELAY_MAX_TOKENS_LIMIT")
 
@@ -94,6 +124,27 @@ class Settings(BaseSettings):
     retry_base_s: float = Field(0.5, ge=0, validation_alias="CHATRELAY_RETRY_BASE_S")
     # The SDK would sleep for any retry-after an upstream sends; we never wait longer than this.
     retry_after_cap_s: float = Field(20.0, ge=0, validation_alias="CHATRELAY_RETRY_AFTER_CAP_S")
+
+    @field_validator("auth", "trusted_proxies", mode="before")
+    @classmethod
+    def _split_list(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @field_validator("auth")
+    @classmethod
+    def _known_modes(cls, modes: list[str] | None) -> list[str] | None:
+        if modes is None:
+            return None
+        unknown = set(modes) - {"api_key", "jwt", "anonymous", "none"}
+        if unknown:
+            raise ValueError(
+                f"unknown mode(s) {', '.join(sorted(unknown))}: use api_key, jwt, anonymous or none"
+            )
+        if "none" in modes and len(modes) > 1:
+            raise ValueError("`none` cannot be combined with other modes")
+        return modes
 
     @field_validator("cors_origins", mode="before")
     @classmethod

@@ -7,6 +7,7 @@ conversation of another owner is, to the caller, a conversation that does not ex
 from __future__ import annotations
 
 import base64
+import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -303,6 +304,9 @@ class Store:
         ]
 
 
+_CURSOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
+
 def _encode_cursor(conversation: Conversation) -> str:
     raw = orjson.dumps([conversation.updated_at.isoformat(), conversation.id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -314,6 +318,12 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
     try:
         raw = base64.urlsafe_b64decode(cursor + "=" * (-len(cursor) % 4))
         stamp, conversation_id = orjson.loads(raw)
-        return datetime.fromisoformat(stamp), str(conversation_id)
-    except (ValueError, TypeError, orjson.JSONDecodeError):
+        when = datetime.fromisoformat(stamp)
+        # Only what this server could have written: a UTC time the databases can hold, and
+        # an id of the well-formed kind (PostgreSQL refuses NUL in text, for one).
+        when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
+        if not isinstance(conversation_id, str) or not _CURSOR_ID.match(conversation_id):
+            raise ValueError(conversation_id)
+        return when, conversation_id
+    except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):
         raise InvalidField([FieldProblem("cursor", "is not a cursor this server gave")]) from None

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import uuid
+from typing import Any
 
 from ..settings import Settings
 from . import EventLog
@@ -14,14 +15,11 @@ def instance_id() -> str:
     return uuid.uuid4().hex[:12]
 
 
-async def open_event_log(settings: Settings, instance: str) -> EventLog:
-    if settings.redis_url is None:
+def open_event_log(settings: Settings, instance: str, redis: Any | None) -> EventLog:
+    if redis is None:
         return MemoryEventLog(instance, settings.stream_ttl_s)
     from .redis import RedisEventLog
 
-    return await RedisEventLog.connect(
-        settings.redis_url.get_secret_value(),
-        instance=instance,
-        prefix=settings.redis_prefix,
-        ttl_s=settings.stream_ttl_s,
+    return RedisEventLog(
+        redis, instance=instance, prefix=settings.redis_prefix, ttl_s=settings.stream_ttl_s
     )

@@ -57,12 +57,6 @@ class RedisEventLog:
         self._flushers: dict[str, asyncio.Task[None]] = {}
         self._tasks: list[asyncio.Task[None]] = []
 
-    @classmethod
-    async def connect(cls, url: str, *, instance: str, prefix: str, ttl_s: float) -> RedisEventLog:
-        redis = Redis.from_url(url, decode_responses=False, health_check_interval=30)
-        await redis.ping()
-        return cls(redis, instance=instance, prefix=prefix, ttl_s=ttl_s)
-
     # -- keys --------------------------------------------------------------------------------
     def _meta(self, stream_id: str) -> str:
         return f"{self._prefix}:s:{stream_id}"
@@ -257,4 +251,3 @@ class RedisEventLog:
         with contextlib.suppress(RedisError):
             await self._redis.delete(self._lease(self.instance))
         await self._local.close()
-        await self._redis.aclose()

@@ -52,23 +52,23 @@ async def stream_chat(request: Request) -> EventStreamResponse:
     settings: Settings = request.app.state.settings
     service: ChatService = request.app.state.chat
     hub: StreamHub = request.app.state.streams
-    owner = principal_of(request)
+    principal = principal_of(request)
     chat = await _request(request)
     key = _idempotency_key(request)
     stream_id = uuid.uuid4().hex
     if key is not None:
-        bound = await hub.events.claim(owner, key, stream_id)
+        bound = await hub.events.claim(principal.id, key, stream_id)
         if bound != stream_id:
             # A retried POST (its response was lost): the same stream, not a second reply.
-            frames = await hub.follow(bound, owner, 0)
+            frames = await hub.follow(bound, principal.scope, 0)
             headers = {"x-stream-id": bound, "x-chatrelay-instance": hub.instance}
             return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
     try:
-        job = await service.start(chat, owner, stream_id=stream_id)
-        frames = await hub.open(job, owner)
+        job = await service.start(chat, principal, stream_id=stream_id)
+        frames = await hub.open(job, principal.id)
     except BaseException:
         if key is not None:
-            await hub.events.forget_claim(owner, key)
+            await hub.events.forget_claim(principal.id, key)
         raise
     return EventStreamResponse(
         frames, heartbeat_s=settings.heartbeat_s, headers=_headers(job, hub.instance)

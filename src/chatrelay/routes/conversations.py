@@ -81,13 +81,13 @@ async def list_conversations(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    page = await _store(request).page(principal_of(request), limit, cursor)
+    page = await _store(request).page(principal_of(request).scope, limit, cursor)
     return {"data": [summary(c) for c in page.conversations], "next_cursor": page.next_cursor}
 
 
 @router.get("/conversations/{conversation_id}", summary="A conversation with its messages")
 async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-    conversation = await _store(request).get(conversation_id, principal_of(request))
+    conversation = await _store(request).get(conversation_id, principal_of(request).scope)
     if conversation is None:
         raise NotFound(f"Conversation {conversation_id!r} not found")
     return full(conversation)
@@ -107,7 +107,7 @@ async def patch_conversation(request: Request, conversation_id: str) -> dict[str
     settings: Settings = request.app.state.settings
     patch = validate_json(await read_body(request, settings.max_body_bytes), ConversationPatch)
     conversation = await _store(request).update(
-        conversation_id, principal_of(request), title=patch.title, metadata=patch.metadata
+        conversation_id, principal_of(request).scope, title=patch.title, metadata=patch.metadata
     )
     if conversation is None:
         raise NotFound(f"Conversation {conversation_id!r} not found")
@@ -116,7 +116,7 @@ async def patch_conversation(request: Request, conversation_id: str) -> dict[str
 
 @router.delete("/conversations/{conversation_id}", status_code=204, summary="Delete a conversation")
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
-    if not await _store(request).delete(conversation_id, principal_of(request)):
+    if not await _store(request).delete(conversation_id, principal_of(request).scope):
         raise NotFound(f"Conversation {conversation_id!r} not found")
     return Response(status_code=204)
 
@@ -145,7 +145,7 @@ async def usage(
     group_by: Literal["model", "day"] = "model",
 ) -> dict[str, Any]:
     rows = await _store(request).usage(
-        principal_of(request), _bound(start, "from", False), _bound(end, "to", True), group_by
+        principal_of(request).scope, _bound(start, "from", False), _bound(end, "to", True), group_by
     )
     total = {
         key: sum(row[key] for row in rows)

@@ -11,6 +11,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from ..errors import ChatRelayError, UpstreamError
+from ..quotas import LimitExceeded
 
 # Our codes as OpenAI error `type`s, where the status alone would not say it.
 _OPENAI_TYPES = {
@@ -32,6 +33,17 @@ def _headers(exc: ChatRelayError) -> dict[str, str]:
         # The OpenAI and Anthropic SDKs retry every 5xx unless told not to; a rejected key
         # would otherwise be sent upstream again and again.
         headers["x-should-retry"] = "true" if exc.retryable else "false"
+    elif isinstance(exc, LimitExceeded):
+        reset = str(max(1, round(exc.retry_after)))
+        headers.update(
+            {
+                "retry-after": reset,
+                "x-ratelimit-limit": str(exc.limit),
+                "x-ratelimit-remaining": "0",
+                "x-ratelimit-reset": reset,
+                "x-ratelimit-scope": exc.limit_name,
+            }
+        )
     elif exc.status >= 500:
         headers["x-should-retry"] = "false"
     return headers

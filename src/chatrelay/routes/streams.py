@@ -44,7 +44,7 @@ async def resume_stream(
     settings: Settings = request.app.state.settings
     hub: StreamHub = request.app.state.streams
     offset = _offset(after, request.headers.get("last-event-id"))
-    frames = await hub.follow(stream_id, principal_of(request), offset)
+    frames = await hub.follow(stream_id, principal_of(request).scope, offset)
     headers = {"x-stream-id": stream_id, "x-chatrelay-instance": hub.instance}
     return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
 
@@ -52,5 +52,5 @@ async def resume_stream(
 @router.post("/ai/stream/{stream_id}/stop", summary="Stop a stream's generation")
 async def stop_stream(request: Request, stream_id: str) -> dict[str, str]:
     hub: StreamHub = request.app.state.streams
-    status = await hub.stop(stream_id, principal_of(request))
+    status = await hub.stop(stream_id, principal_of(request).scope)
     return {"stream_id": stream_id, "status": status}

@@ -1,0 +1,258 @@
+"""Access: who the caller is (API key, JWT, anonymous IP, or nobody checks), request ids.
+
+`CHATRELAY_AUTH` lists the accepted modes. A bearer token that looks like one of our keys
+(`crk_...`) is checked as an API key; one that looks like a JWT (three dot-separated parts) as
+a JWT; with `anonymous` on, a request without a token is an anonymous visitor identified by
+its client address (`X-Forwarded-For` is believed only when the connection comes from a
+trusted proxy). Failures are 401 with a message that says what to send; the token itself is
+never echoed or logged.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextvars
+import ipaddress
+import logging
+import re
+import uuid
+from collections.abc import Iterable
+from typing import Any
+
+import jwt
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from .errors import ChatRelayError, ConfigError
+from .keys import ApiKeys
+from .principals import PUBLIC, Principal
+from .quotas import Limits
+
+log = logging.getLogger("chatrelay.auth")
+
+request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
+_GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+# Reachable without credentials: health checks, the API description, the chat page.
+OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+
+
+def access_modes(auth: list[str] | None, *, paid: bool, jwt_configured: bool) -> set[str]:
+    """The auth modes to enforce; refuses to start an open server that spends money."""
+    if auth is None:
+        if paid:
+            raise ConfigError(
+                "CHATRELAY_AUTH is not set and a paid provider is configured: anyone who finds"
+                " this server would spend its credits. Choose one or more of: api_key (create"
+                " keys with `chatrelay keys create --name NAME`), jwt (with CHATRELAY_JWT_SECRET"
+                " or CHATRELAY_JWT_JWKS_URL), anonymous (limited per client address); or set"
+                " CHATRELAY_AUTH=none to serve everyone on purpose"
+            )
+        return {"none"}
+    modes = set(auth)
+    if "jwt" in modes and not jwt_configured:
+        raise ConfigError(
+            "CHATRELAY_AUTH=jwt needs CHATRELAY_JWT_SECRET (HS256) or CHATRELAY_JWT_JWKS_URL"
+        )
+    if modes == {"none"} and paid:
+        log.warning(
+            "!!! CHATRELAY_AUTH=none with a paid provider: ANYONE who can reach this server"
+            " can spend its provider credits. Limits: CHATRELAY_LIMITS_PUBLIC. !!!"
+        )
+    return modes
+
+
+class Unauthorized(ChatRelayError):
+    """The request carries no acceptable credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+
+class Authenticator:
+    """Turns a request's credentials into a `Principal`."""
+
+    def __init__(
+        self,
+        modes: set[str],
+        *,
+        keys: ApiKeys | None,
+        limits: dict[str, Limits],
+        jwt_secret: str | None = None,
+        jwks_url: str | None = None,
+        jwks_cooldown_s: float = 5.0,
+        issuer: str | None = None,
+        audience: str | None = None,
+        leeway_s: float = 60.0,
+        trusted_proxies: Iterable[str] = (),
+    ) -> None:
+        self.modes = modes
+        self._keys = keys
+        self._limits = limits
+        self._secret = jwt_secret
+        self._jwks = (
+            jwt.PyJWKClient(jwks_url, cache_keys=True, cooldown_duration=jwks_cooldown_s)
+            if jwks_url
+            else None
+        )
+        self._issuer = issuer
+        self._audience = audience
+        self._leeway = leeway_s
+        self._proxies = [ipaddress.ip_network(p.strip(), strict=False) for p in trusted_proxies]
+
+        self.public = Principal(PUBLIC.id, PUBLIC.kind, limits=limits["public"])
+
+    @property
+    def open(self) -> bool:
+        return self.modes == {"none"}
+
+    async def principal(self, scope: Scope) -> Principal:
+        if self.open:
+            return self.public
+        token = _bearer(scope)
+        if token is not None:
+            if "api_key" in self.modes and token.startswith("crk_"):
+                return await self._api_key(token)
+            if "jwt" in self.modes and token.count(".") == 2:
+                return await self._jwt(token)
+            raise Unauthorized("The bearer token is not a valid API key or JWT for this server")
+        if "anonymous" in self.modes:
+            address = self.client_address(scope)
+            return Principal(f"anon:{address}", "anonymous", limits=self._limits["anonymous"])
+        raise Unauthorized("Send your API key or token as `Authorization: Bearer <token>`")
+
+    async def _api_key(self, token: str) -> Principal:
+        assert self._keys is not None
+        record = await self._keys.verify(token)
+        if record is None:
+            raise Unauthorized("This API key is not valid (unknown, or revoked)")
+        limits = self._limits["api_key"].override(
+            rpm=record.rpm,
+            tpm=record.tpm,
+            daily_tokens=record.daily_tokens,
+            concurrency=record.concurrency,
+        )
+        return Principal(f"key:{record.id}", "api_key", record.admin, limits, record.name)
+
+    async def _jwt(self, token: str) -> Principal:
+        try:
+            if self._jwks is not None:
+                # PyJWKClient fetches with urllib (blocking): off the event loop.
+                signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
+                key: Any = signing.key
+                algorithms = ["RS256", "ES256", "RS384", "ES384", "RS512", "PS256"]
+            else:
+                key, algorithms = self._secret, ["HS256"]
+            claims = jwt.decode(
+                token,
+                key,
+                algorithms=algorithms,
+                audience=self._audience,
+                issuer=self._issuer,
+                leeway=self._leeway,
+                options={"require": ["exp", "sub"], "verify_aud": self._audience is not None},
+            )
+        except jwt.ExpiredSignatureError:
+            raise Unauthorized("The token has expired") from None
+        except jwt.InvalidAudienceError:
+            raise Unauthorized("The token is not meant for this server (audience)") from None
+        except jwt.InvalidIssuerError:
+            raise Unauthorized(
+                "The token was issued by an issuer this server does not trust"
+            ) from None
+        except (jwt.PyJWKClientError, jwt.PyJWKClientConnectionError):
+            raise Unauthorized("The token's signing key is not known") from None
+        except jwt.InvalidTokenError as exc:
+            raise Unauthorized(f"The token is not valid: {_reason(exc)}") from None
+        return Principal(f"user:{claims['sub']}", "user", limits=self._limits["user"])
+
+    def client_address(self, scope: Scope) -> str:
+        client = scope.get("client")
+        peer = client[0] if client else "unknown"
+        if not self._proxies or not _within(peer, self._proxies):
+            return peer
+        forwarded = _header(scope, b"x-forwarded-for")
+        if not forwarded:
+            return peer
+        # The rightmost address that is not one of our proxies is the real client.
+        for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            if not _within(hop, self._proxies):
+                return hop
+        return peer
+
+
+def _reason(exc: Exception) -> str:
+    text = str(exc) or type(exc).__name__
+    return text if len(text) < 120 else type(exc).__name__
+
+
+def _within(address: str, networks: list[Any]) -> bool:
+    try:
+        ip = ipaddress.ip_address(address)
+    except ValueError:
+        return False
+    return any(ip in network for network in networks)
+
+
+def _header(scope: Scope, name: bytes) -> str | None:
+    for key, value in scope["headers"]:
+        if key == name:
+            return str(value.decode("latin-1"))
+    return None
+
+
+def _bearer(scope: Scope) -> str | None:
+    value = _header(scope, b"authorization")
+    if value is None:
+        return None
+    scheme, _, token = value.partition(" ")
+    if scheme.lower() != "bearer" or not token.strip():
+        raise Unauthorized("Send the token as `Authorization: Bearer <token>`")
+    return token.strip()
+
+
+class AccessMiddleware:
+    """Gives every request an id (echoed in `X-Request-ID`) and, where needed, a principal."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        incoming = _header(scope, b"x-request-id")
+        rid = incoming if incoming and _GOOD_REQUEST_ID.match(incoming) else uuid.uuid4().hex
+        request_id.set(rid)
+        state = scope.setdefault("state", {})
+        state["request_id"] = rid
+        raw_id = rid.encode()
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            await send(message)
+
+        path: str = scope["path"]
+        authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
+        if authenticator is not None and authenticator.open:
+            state["principal"] = authenticator.public
+        needs_auth = (
+            authenticator is not None
+            and not authenticator.open
+            and scope["method"] != "OPTIONS"
+            and path != "/"
+            and not path.startswith(OPEN_PATHS)
+            and not path.startswith("/static/")
+        )
+        if needs_auth:
+            assert authenticator is not None
+            try:
+                state["principal"] = await authenticator.principal(scope)
+            except Unauthorized as exc:
+                from .routes.errors import error_response, openai_error_response
+
+                respond = openai_error_response if path.startswith("/v1/") else error_response
+                response = respond(exc)
+                response.headers["www-authenticate"] = "Bearer"
+                await response(scope, receive, send_with_id)
+                return
+        await self.app(scope, receive, send_with_id)

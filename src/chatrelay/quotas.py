@@ -1,0 +1,282 @@
+"""Spending limits per principal: requests per minute, concurrent streams, tokens per minute
+and per day; counted in process memory, or in Redis so that every instance shares them.
+
+Tokens are *reserved* when a request is admitted (its estimated input plus `max_tokens`), so a
+request that would go over the daily budget is refused before the upstream is called, and
+*settled* when its reply ends, from the real usage (a reply that stops early gives the
+unused reservation back). Windows are fixed: the UTC minute and the UTC day.
+
+Why not a rate-limit library: reservations that are later refunded, and concurrency that is
+released when a stream ends, are counters that go down as well as up; the common libraries
+only count hits.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, fields
+from typing import Any, Protocol
+
+from .errors import ChatRelayError, ConfigError
+
+DAY_S = 86_400
+
+
+@dataclass(frozen=True, slots=True)
+class Limits:
+    """None means unlimited."""
+
+    rpm: int | None = None
+    concurrency: int | None = None
+    tpm: int | None = None
+    daily_tokens: int | None = None
+
+    @classmethod
+    def parse(cls, text: str, setting: str) -> Limits:
+        """`rpm=60,concurrency=5,tpm=100000,daily_tokens=1000000` (any subset)."""
+        values: dict[str, int] = {}
+        names = {f.name for f in fields(cls)}
+        for part in filter(None, (p.strip() for p in text.split(","))):
+            name, _, number = part.partition("=")
+            name = name.strip()
+            if name not in names or not number.strip().isdigit():
+                raise ConfigError(
+                    f"{setting}: {part!r} is not one of {', '.join(sorted(names))} = a number"
+                )
+            values[name] = int(number)
+        return cls(**values)
+
+    def override(self, **values: int | None) -> Limits:
+        """These limits, with the given ones replaced where they are set."""
+        current = {f.name: getattr(self, f.name) for f in fields(self)}
+        current.update({k: v for k, v in values.items() if v is not None})
+        return Limits(**current)
+
+    @property
+    def counts_tokens(self) -> bool:
+        return self.tpm is not None or self.daily_tokens is not None
+
+
+class LimitExceeded(ChatRelayError):
+    """A spending limit of the caller was reached."""
+
+    code = "limit_exceeded"
+    status = 429
+
+    def __init__(self, name: str, limit: int, reset_s: float) -> None:
+        super().__init__(
+            f"Limit reached: {name} is {limit}; try again in {max(1, round(reset_s))} s"
+        )
+        self.limit_name = name
+        self.limit = limit
+        self.retry_after = reset_s
+
+
+class Counters(Protocol):
+    async def add(self, key: str, amount: int, ttl_s: int) -> int:
+        """Add (or subtract) and return the new value; the key expires after `ttl_s`."""
+        ...
+
+    async def value(self, key: str) -> int: ...
+
+    async def join(self, key: str, member: str, limit: int, stale_s: float) -> bool:
+        """Add `member` to the set if it has fewer than `limit` members (stale ones dropped)."""
+        ...
+
+    async def leave(self, key: str, member: str) -> None: ...
+
+    async def size(self, key: str, stale_s: float) -> int: ...
+
+
+class MemoryCounters:
+    """Counters for one instance."""
+
+    def __init__(self) -> None:
+        self._values: dict[str, tuple[int, float]] = {}
+        self._sets: dict[str, dict[str, float]] = {}
+
+    async def add(self, key: str, amount: int, ttl_s: int) -> int:
+        clock = time.time()
+        value, expires = self._values.get(key, (0, clock + ttl_s))
+        if expires <= clock:
+            value, expires = 0, clock + ttl_s
+        value += amount
+        self._values[key] = (value, expires)
+        if len(self._values) > 100_000:
+            self._values = {k: v for k, v in self._values.items() if v[1] > clock}
+        return value
+
+    async def value(self, key: str) -> int:
+        value, expires = self._values.get(key, (0, 0.0))
+        return value if expires > time.time() else 0
+
+    async def join(self, key: str, member: str, limit: int, stale_s: float) -> bool:
+        members = self._sets.setdefault(key, {})
+        clock = time.time()
+        for name in [m for m, since in members.items() if since < clock - stale_s]:
+            del members[name]
+        if len(members) >= limit:
+            return False
+        members[member] = clock
+        return True
+
+    async def leave(self, key: str, member: str) -> None:
+        members = self._sets.get(key)
+        if members is not None:
+            members.pop(member, None)
+            if not members:
+                del self._sets[key]
+
+    async def size(self, key: str, stale_s: float) -> int:
+        clock = time.time()
+        return sum(1 for since in self._sets.get(key, {}).values() if since >= clock - stale_s)
+
+
+_JOIN = """
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
+if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+  redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
+  redis.call('EXPIRE', KEYS[1], ARGV[5])
+  return 1
+end
+return 0
+"""
+
+
+class RedisCounters:
+    """Counters shared by every instance using the same Redis."""
+
+    def __init__(self, redis: Any) -> None:
+        self._redis = redis
+        self._join = redis.register_script(_JOIN)
+
+    async def add(self, key: str, amount: int, ttl_s: int) -> int:
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.incrby(key, amount)
+            pipe.expire(key, ttl_s, nx=True)
+            value, _ = await pipe.execute()
+        return int(value)
+
+    async def value(self, key: str) -> int:
+        value = await self._redis.get(key)
+        return int(value) if value else 0
+
+    async def join(self, key: str, member: str, limit: int, stale_s: float) -> bool:
+        clock = time.time()
+        joined = await self._join(
+            keys=[key], args=[clock - stale_s, limit, clock, member, int(stale_s) + 60]
+        )
+        return bool(joined)
+
+    async def leave(self, key: str, member: str) -> None:
+        await self._redis.zrem(key, member)
+
+    async def size(self, key: str, stale_s: float) -> int:
+        return int(await self._redis.zcount(key, time.time() - stale_s, "+inf"))
+
+
+@dataclass(slots=True)
+class Admission:
+    """What one admitted request holds: its token reservation and its stream slot."""
+
+    principal: str
+    limits: Limits
+    reserved: int
+    minute: int
+    day: int
+    stream_id: str
+    settled: bool = False
+
+
+class Quotas:
+    """Admits and settles requests against each principal's limits."""
+
+    def __init__(self, counters: Counters, prefix: str, stream_stale_s: float) -> None:
+        self._counters = counters
+        self._prefix = prefix
+        self._stale = stream_stale_s
+
+    def _key(self, principal: str, what: str) -> str:
+        return f"{self._prefix}:q:{principal}:{what}"
+
+    async def admit(self, principal: str, limits: Limits, tokens: int, stream_id: str) -> Admission:
+        """Count the request, reserve its tokens and a stream slot, or raise LimitExceeded."""
+        clock = time.time()
+        minute, day = int(clock // 60), int(clock // DAY_S)
+        to_minute, to_day = 60 - clock % 60, DAY_S - clock % DAY_S
+        add = self._counters.add
+        rpm_key = self._key(principal, f"rpm:{minute}")
+        if limits.rpm is not None and await add(rpm_key, 1, 120) > limits.rpm:
+            raise LimitExceeded("requests_per_minute", limits.rpm, to_minute)
+        undo: list[tuple[str, int]] = []
+        try:
+            if limits.tpm is not None:
+                key = self._key(principal, f"tpm:{minute}")
+                undo.append((key, -tokens))
+                if await add(key, tokens, 120) > limits.tpm:
+                    raise LimitExceeded("tokens_per_minute", limits.tpm, to_minute)
+            if limits.daily_tokens is not None:
+                key = self._key(principal, f"day:{day}")
+                undo.append((key, -tokens))
+                if await add(key, tokens, 2 * DAY_S) > limits.daily_tokens:
+                    raise LimitExceeded("tokens_per_day", limits.daily_tokens, to_day)
+            if limits.concurrency is not None:
+                joined = await self._counters.join(
+                    self._key(principal, "streams"), stream_id, limits.concurrency, self._stale
+                )
+                if not joined:
+                    raise LimitExceeded("concurrent_streams", limits.concurrency, 1)
+        except LimitExceeded:
+            for key, amount in undo:
+                await add(key, amount, 2 * DAY_S)
+            raise
+        return Admission(principal, limits, tokens, minute, day, stream_id)
+
+    async def settle(self, admission: Admission, used_tokens: int) -> None:
+        """Replace the reservation by the real usage and free the stream slot (once)."""
+        if admission.settled:
+            return
+        admission.settled = True
+        delta = used_tokens - admission.reserved
+        limits, principal = admission.limits, admission.principal
+        if limits.tpm is not None and delta:
+            await self._counters.add(self._key(principal, f"tpm:{admission.minute}"), delta, 120)
+        if limits.daily_tokens is not None and delta:
+            key = self._key(principal, f"day:{admission.day}")
+            await self._counters.add(key, delta, 2 * DAY_S)
+        if limits.concurrency is not None:
+            await self._counters.leave(self._key(principal, "streams"), admission.stream_id)
+
+    async def status(self, principal: str, limits: Limits) -> dict[str, Any]:
+        """Each limit with what is left of it now, for `GET /me`."""
+        clock = time.time()
+        minute, day = int(clock // 60), int(clock // DAY_S)
+        value = self._counters.value
+        used = {
+            "requests_per_minute": (
+                limits.rpm,
+                await value(self._key(principal, f"rpm:{minute}")),
+                60 - clock % 60,
+            ),
+            "tokens_per_minute": (
+                limits.tpm,
+                await value(self._key(principal, f"tpm:{minute}")),
+                60 - clock % 60,
+            ),
+            "tokens_per_day": (
+                limits.daily_tokens,
+                await value(self._key(principal, f"day:{day}")),
+                DAY_S - clock % DAY_S,
+            ),
+            "concurrent_streams": (
+                limits.concurrency,
+                await self._counters.size(self._key(principal, "streams"), self._stale),
+                0,
+            ),
+        }
+        return {
+            name: None
+            if limit is None
+            else {"limit": limit, "remaining": max(0, limit - count), "reset_s": round(reset)}
+            for name, (limit, count, reset) in used.items()
+        }
