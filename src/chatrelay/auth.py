@@ -11,7 +11,6 @@ never echoed or logged.
 from __future__ import annotations
 
 import asyncio
-import contextvars
 import ipaddress
 import logging
 import re
@@ -19,9 +18,9 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-import jwt
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from .context import request_id
 from .errors import ChatRelayError, ConfigError
 from .keys import ApiKeys
 from .principals import PUBLIC, Principal
@@ -29,7 +28,6 @@ from .quotas import Limits
 
 log = logging.getLogger("chatrelay.auth")
 
-request_id: contextvars.ContextVar[str | None] = contextvars.ContextVar("request_id", default=None)
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Reachable without credentials: health checks, the API description, the chat page.
 OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
@@ -88,11 +86,13 @@ class Authenticator:
         self._keys = keys
         self._limits = limits
         self._secret = jwt_secret
-        self._jwks = (
-            jwt.PyJWKClient(jwks_url, cache_keys=True, cooldown_duration=jwks_cooldown_s)
-            if jwks_url
-            else None
-        )
+        self._jwks: Any = None
+        if "jwt" in modes and jwks_url:
+            import jwt
+
+            self._jwks = jwt.PyJWKClient(
+                jwks_url, cache_keys=True, cooldown_duration=jwks_cooldown_s
+            )
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
@@ -133,6 +133,8 @@ class Authenticator:
         return Principal(f"key:{record.id}", "api_key", record.admin, limits, record.name)
 
     async def _jwt(self, token: str) -> Principal:
+        import jwt  # only with JWT auth on: it brings in `cryptography`
+
         try:
             if self._jwks is not None:
                 # PyJWKClient fetches with urllib (blocking): off the event loop.

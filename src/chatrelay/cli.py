@@ -123,6 +123,77 @@ def db_upgrade() -> None:
 
 
 @main.group()
+def keys() -> None:
+    """API keys for CHATRELAY_AUTH=api_key (stored in DATABASE_URL)."""
+
+
+@keys.command("create")
+@click.option("--name", required=True, help="Who or what the key is for.")
+@click.option("--admin", is_flag=True, help="May read every principal's conversations.")
+@click.option("--rpm", type=click.IntRange(1), help="Requests per minute (else the default).")
+@click.option("--tpm", type=click.IntRange(1), help="Tokens per minute.")
+@click.option("--daily-tokens", type=click.IntRange(1), help="Tokens per UTC day.")
+@click.option("--concurrency", type=click.IntRange(1), help="Streams at once.")
+def keys_create(
+    name: str,
+    admin: bool,
+    rpm: int | None,
+    tpm: int | None,
+    daily_tokens: int | None,
+    concurrency: int | None,
+) -> None:
+    """Create a key and print it: it cannot be shown again."""
+    from .keys import ApiKeys
+
+    async def work(store: Store) -> tuple[str, str]:
+        key, row = await ApiKeys(store.engine).create(
+            name, admin=admin, rpm=rpm, tpm=tpm, daily_tokens=daily_tokens, concurrency=concurrency
+        )
+        return key, row.id
+
+    key, key_id = _run(work)
+    click.echo(key)
+    click.echo(f"created key {key_id} ({name}); store it now, it cannot be shown again", err=True)
+
+
+@keys.command("list")
+def keys_list() -> None:
+    """Every key: id, name, limits, created, last used, revoked (never the secret)."""
+    from .keys import ApiKeys
+
+    async def work(store: Store) -> list[Any]:
+        return await ApiKeys(store.engine).all()
+
+    for row in _run(work):
+        limits = " ".join(
+            f"{name}={value}"
+            for name in ("rpm", "tpm", "daily_tokens", "concurrency")
+            if (value := getattr(row, name)) is not None
+        )
+        used = row.last_used_at.strftime("%Y-%m-%d %H:%M") if row.last_used_at else "never"
+        state = f"revoked {row.revoked_at:%Y-%m-%d %H:%M}" if row.revoked_at else "active"
+        role = " admin" if row.admin else ""
+        click.echo(
+            f"{row.id}  {row.name}{role}  created {row.created_at:%Y-%m-%d %H:%M}"
+            f"  last used {used}  {state}  {limits}".rstrip()
+        )
+
+
+@keys.command("revoke")
+@click.argument("key_id")
+def keys_revoke(key_id: str) -> None:
+    """Revoke a key by its id (the part after `crk_`, as `keys list` shows it)."""
+    from .keys import ApiKeys
+
+    async def work(store: Store) -> bool:
+        return await ApiKeys(store.engine).revoke(key_id)
+
+    if not _run(work):
+        raise click.ClickException(f"no active key {key_id!r}")
+    click.echo(f"revoked {key_id}")
+
+
+@main.group()
 def conversations() -> None:
     """Stored conversations (read from DATABASE_URL directly)."""
 

@@ -60,10 +60,22 @@ class TextFormatter(logging.Formatter):
         return _scrub(super().format(record))
 
 
+class RequestIdFilter(logging.Filter):
+    """Stamps each record with the id of the request it was logged for (if any)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        from .context import request_id
+
+        if getattr(record, "request_id", None) is None:
+            record.request_id = request_id.get()
+        return True
+
+
 def configure_logging(level: str, fmt: str = "auto") -> None:
     """Route chatrelay's and uvicorn's logs to stderr in one format."""
     use_json = fmt == "json" or (fmt == "auto" and not sys.stderr.isatty())
     handler = logging.StreamHandler(sys.stderr)
+    handler.addFilter(RequestIdFilter())
     handler.setFormatter(JSONFormatter() if use_json else TextFormatter())
     root = logging.getLogger()
     root.handlers[:] = [handler]

@@ -42,6 +42,7 @@ import orjson
 from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
+from .context import request_id
 from .events import TextDelta, ThinkingDelta, Usage
 from .relay import Answering, End
 
@@ -153,6 +154,8 @@ def error_payload(end: End) -> dict[str, Any]:
     """The seed's error frame: a message safe to show, a machine code, maybe a retry hint."""
     assert end.error is not None
     error: dict[str, Any] = {"error": end.error.message, "code": end.error.code}
+    if (rid := request_id.get()) is not None:
+        error["request_id"] = rid
     retry_after = getattr(end.error, "retry_after", None)
     if retry_after is not None:
         error["retry_after"] = round(retry_after, 3)

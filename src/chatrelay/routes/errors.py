@@ -10,6 +10,7 @@ from typing import Any
 
 from fastapi.responses import JSONResponse
 
+from ..context import request_id
 from ..errors import ChatRelayError, UpstreamError
 from ..quotas import LimitExceeded
 
@@ -56,6 +57,8 @@ def error_response(exc: ChatRelayError, **extra: object) -> JSONResponse:
     if problems:
         body["fields"] = [{"field": p.field, "message": p.message} for p in problems]
     body.update({k: v for k, v in extra.items() if v is not None})
+    if (rid := request_id.get()) is not None:
+        body["request_id"] = rid  # what to quote to the operator, who finds it in the logs
     return JSONResponse({"error": body}, status_code=exc.status, headers=_headers(exc))
 
 
