@@ -128,6 +128,7 @@ async def serve_app(app: Any) -> AsyncIterator[str]:
         lifespan="on",
         log_config=None,
         access_log=False,
+        proxy_headers=False,  # as `chatrelay serve` runs it
     )
     server = uvicorn.Server(config)
     task = asyncio.create_task(server.serve())

@@ -91,7 +91,7 @@ class Authenticator:
             import jwt
 
             self._jwks = jwt.PyJWKClient(
-                jwks_url, cache_keys=True, cooldown_duration=jwks_cooldown_s
+                jwks_url, cache_keys=False, cooldown_duration=jwks_cooldown_s
             )
         self._issuer = issuer
         self._audience = audience

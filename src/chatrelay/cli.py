@@ -56,6 +56,9 @@ def serve(host: str | None, port: int | None) -> None:
         http="httptools",
         log_config=None,
         access_log=False,
+        # Client addresses come from CHATRELAY_TRUSTED_PROXIES alone (auth.py), not from
+        # uvicorn's own X-Forwarded-For handling, which trusts 127.0.0.1 by default.
+        proxy_headers=False,
         # Keep-alive must outlast the heartbeat-free gap between a client's requests.
         timeout_keep_alive=30,
         # A backstop only: streams are drained (and ended) before uvicorn waits for them.

@@ -1,0 +1,479 @@
+"""Who gets in, what they may see, and how much they may spend."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import logging
+import threading
+import time
+from collections.abc import AsyncIterator, Iterator
+from contextlib import asynccontextmanager, contextmanager
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
+
+import httpx
+import jwt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec, rsa
+
+from chatrelay.app import create_app
+from chatrelay.errors import ConfigError
+
+from .conftest import REDIS_URL, make_settings, redis_prefix, serve_app, stream_chat
+from .fakes.anthropic_upstream import FakeAnthropic, Scenario
+
+HI = {"messages": [{"role": "user", "content": "hi"}]}
+SECRET = "jwt-test-secret-that-is-long-enough-0123456789"
+
+
+@asynccontextmanager
+async def running(tmp_path: Any, **values: Any) -> AsyncIterator[tuple[str, Any]]:
+    """A server and its app (to reach app.state, e.g. to create keys)."""
+    values.setdefault("database_url", f"sqlite+aiosqlite:///{tmp_path}/access.db")
+    app = create_app(make_settings(**values))
+    async with serve_app(app) as url:
+        yield url, app
+
+
+def bearer(token: str) -> dict[str, str]:
+    return {"authorization": f"Bearer {token}"}
+
+
+# -- startup rules ---------------------------------------------------------------------------
+
+
+def test_a_paid_provider_without_chatrelay_auth_refuses_to_start() -> None:
+    settings = make_settings(provider="anthropic", anthropic_api_key="sk-ant-x", auth=None)
+    with pytest.raises(ConfigError, match="CHATRELAY_AUTH is not set") as refused:
+        create_app(settings)
+    assert "CHATRELAY_AUTH=none" in refused.value.message
+    assert "chatrelay keys create" in refused.value.message
+
+
+def test_auth_none_with_a_paid_provider_starts_with_a_loud_warning(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    caplog.set_level(logging.WARNING)
+    create_app(make_settings(provider="anthropic", anthropic_api_key="sk-ant-x", auth="none"))
+    assert "ANYONE who can reach this server" in caplog.text
+
+
+def test_the_mock_alone_needs_no_auth_setting() -> None:
+    create_app(make_settings(provider="mock", auth=None))
+
+
+def test_jwt_mode_needs_a_secret_or_a_jwks_url() -> None:
+    with pytest.raises(ConfigError, match="CHATRELAY_JWT_SECRET"):
+        create_app(make_settings(provider="mock", auth="jwt"))
+
+
+def test_unknown_modes_and_bad_limits_are_named() -> None:
+    with pytest.raises(Exception, match="unknown mode"):
+        make_settings(provider="mock", auth="api_key,password")
+    with pytest.raises(ConfigError, match="CHATRELAY_LIMITS_USER"):
+        create_app(make_settings(provider="mock", auth="none", limits_user="rpm=lots"))
+
+
+# -- API keys --------------------------------------------------------------------------------
+
+
+async def test_api_keys_are_accepted_and_rejected(client: httpx.AsyncClient, tmp_path: Any) -> None:
+    async with running(tmp_path, provider="mock", auth="api_key", key_cache_s=0) as (url, app):
+        key, row = await app.state.keys.create("frontend")
+        missing = await client.post(f"{url}/ai/stream/chat", json=HI)
+        basic = await client.post(
+            f"{url}/ai/stream/chat", json=HI, headers={"authorization": "Basic x"}
+        )
+        wrong = await client.post(f"{url}/ai/stream/chat", json=HI, headers=bearer(key[:-2] + "xx"))
+        unknown = await client.post(
+            f"{url}/ai/stream/chat", json=HI, headers=bearer("crk_000000000000_" + "a" * 43)
+        )
+        ok = await stream_chat(client, url, HI, headers=bearer(key))
+        me = (await client.get(f"{url}/me", headers=bearer(key))).json()
+        listed = await app.state.keys.all()
+        await app.state.keys.revoke(row.id)
+        revoked = await client.post(f"{url}/ai/stream/chat", json=HI, headers=bearer(key))
+        health = await client.get(f"{url}/healthz")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == "Bearer"
+    assert missing.json()["error"]["code"] == "unauthorized"
+    assert "Authorization: Bearer" in missing.json()["error"]["message"]
+    assert basic.status_code == 401
+    assert wrong.status_code == 401 and unknown.status_code == 401
+    assert key not in wrong.text
+    assert ok.named("end")["reason"] == "completed"
+    assert me["principal"] == {
+        "id": f"key:{row.id}",
+        "kind": "api_key",
+        "admin": False,
+        "name": "frontend",
+    }
+    assert me["limits"]["requests_per_minute"]["limit"] == 600
+    assert listed[0].last_used_at is not None
+    assert listed[0].secret_hash != key and key not in json.dumps(
+        {c: str(getattr(listed[0], c)) for c in ("id", "name", "secret_hash")}
+    )
+    assert revoked.status_code == 401 and "revoked" in revoked.json()["error"]["message"]
+    assert health.status_code == 200  # health checks need no credentials
+
+
+async def test_per_key_limits_override_the_defaults(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    async with running(tmp_path, provider="mock", auth="api_key") as (url, app):
+        key, _ = await app.state.keys.create("batch", rpm=2, daily_tokens=50_000)
+        me = (await client.get(f"{url}/me", headers=bearer(key))).json()["limits"]
+    assert me["requests_per_minute"]["limit"] == 2
+    assert me["tokens_per_day"]["limit"] == 50_000
+    assert me["concurrent_streams"]["limit"] == 50  # the api_key default
+
+
+# -- JWT -------------------------------------------------------------------------------------
+
+
+def token(
+    claims: dict[str, Any], key: Any = SECRET, alg: str = "HS256", kid: str | None = None
+) -> str:
+    base = {
+        "sub": "alice",
+        "exp": int(time.time()) + 300,
+        "aud": "chat",
+        "iss": "https://auth.example",
+    }
+    headers = {"kid": kid} if kid else None
+    return jwt.encode(base | claims, key, algorithm=alg, headers=headers)
+
+
+async def test_jwts_are_checked_for_signature_expiry_audience_and_issuer(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    settings = {
+        "provider": "mock",
+        "auth": "jwt",
+        "jwt_secret": SECRET,
+        "jwt_audience": "chat",
+        "jwt_issuer": "https://auth.example",
+        "jwt_leeway_s": 5,
+    }
+    cases = {
+        "valid": token({}),
+        "expired": token({"exp": int(time.time()) - 60}),
+        "within leeway": token({"exp": int(time.time()) - 2}),
+        "wrong signature": token({}, key="another-secret-that-is-also-long-enough-xx"),
+        "wrong audience": token({"aud": "billing"}),
+        "wrong issuer": token({"iss": "https://evil.example"}),
+        "no subject": jwt.encode(
+            {"exp": int(time.time()) + 60, "aud": "chat", "iss": "https://auth.example"}, SECRET
+        ),
+        "garbage": "abc.def.ghi",
+    }
+    async with running(tmp_path, **settings) as (url, _):
+        answers = {
+            name: await client.get(f"{url}/me", headers=bearer(t)) for name, t in cases.items()
+        }
+    assert answers["valid"].status_code == 200
+    assert answers["valid"].json()["principal"]["id"] == "user:alice"
+    assert answers["within leeway"].status_code == 200
+    messages = {
+        name: r.json()["error"]["message"] for name, r in answers.items() if r.status_code == 401
+    }
+    assert set(messages) == {
+        "expired",
+        "wrong signature",
+        "wrong audience",
+        "wrong issuer",
+        "no subject",
+        "garbage",
+    }
+    assert "expired" in messages["expired"]
+    assert "audience" in messages["wrong audience"]
+    assert "issuer" in messages["wrong issuer"]
+    for name, message in messages.items():
+        assert cases[name] not in message
+
+
+class JWKSServer:
+    """A local JWKS endpoint whose key set the test can rotate."""
+
+    def __init__(self) -> None:
+        self.keys: list[dict[str, Any]] = []
+        self.fetches = 0
+        outer = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_GET(self) -> None:  # noqa: N802
+                outer.fetches += 1
+                body = json.dumps({"keys": outer.keys}).encode()
+                self.send_response(200)
+                self.send_header("content-type", "application/json")
+                self.send_header("content-length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            def log_message(self, *args: Any) -> None:
+                return None
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/.well-known/jwks.json"
+
+    def publish(self, private_key: Any, kid: str, alg: str) -> None:
+        jwk = json.loads(
+            jwt.algorithms.get_default_algorithms()[alg].to_jwk(private_key.public_key())
+        )
+        self.keys = [jwk | {"kid": kid, "alg": alg, "use": "sig"}]
+
+
+@contextmanager
+def jwks_server() -> Iterator[JWKSServer]:
+    server = JWKSServer()
+    thread = threading.Thread(target=server.server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        yield server
+    finally:
+        server.server.shutdown()
+        server.server.server_close()
+
+
+async def test_a_jwks_url_serves_rotating_rsa_and_ec_keys(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    first = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    second = ec.generate_private_key(ec.SECP256R1())
+    with jwks_server() as jwks:
+        jwks.publish(first, "k1", "RS256")
+        settings = {
+            "provider": "mock",
+            "auth": "jwt",
+            "jwt_jwks_url": jwks.url,
+            "jwt_audience": "chat",
+            "jwks_cooldown_s": 0,
+        }
+        async with running(tmp_path, **settings) as (url, _):
+            before = await client.get(f"{url}/me", headers=bearer(token({}, first, "RS256", "k1")))
+            jwks.publish(second, "k2", "ES256")  # the provider rotates its key
+            after = await client.get(
+                f"{url}/me", headers=bearer(token({"sub": "bob"}, second, "ES256", "k2"))
+            )
+            retired = await client.get(f"{url}/me", headers=bearer(token({}, first, "RS256", "k1")))
+            forged = await client.get(
+                f"{url}/me",
+                headers=bearer(
+                    token(
+                        {},
+                        rsa.generate_private_key(public_exponent=65537, key_size=2048),
+                        "RS256",
+                        "k9",
+                    )
+                ),
+            )
+    assert before.status_code == 200 and before.json()["principal"]["id"] == "user:alice"
+    assert after.status_code == 200 and after.json()["principal"]["id"] == "user:bob"
+    assert retired.status_code == 401
+    assert forged.status_code == 401 and "signing key" in forged.json()["error"]["message"]
+    assert jwks.fetches >= 2
+
+
+# -- anonymous -------------------------------------------------------------------------------
+
+
+async def test_anonymous_callers_are_told_apart_by_address(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    forwarded = {"x-forwarded-for": "198.51.100.9, 203.0.113.7"}
+    async with running(tmp_path, provider="mock", auth="anonymous") as (url, _):
+        direct = (await client.get(f"{url}/me", headers=forwarded)).json()["principal"]
+    async with running(
+        tmp_path, provider="mock", auth="anonymous", trusted_proxies="127.0.0.0/8"
+    ) as (url, _):
+        proxied = (await client.get(f"{url}/me", headers=forwarded)).json()["principal"]
+        limits = (await client.get(f"{url}/me")).json()["limits"]
+    assert direct["id"] == "anon:127.0.0.1"  # X-Forwarded-For from an untrusted peer is ignored
+    assert proxied["id"] == "anon:203.0.113.7"  # the nearest untrusted hop
+    assert limits["requests_per_minute"]["limit"] == 5
+
+
+async def test_preflight_needs_no_credentials(client: httpx.AsyncClient, tmp_path: Any) -> None:
+    settings = {"provider": "mock", "auth": "api_key", "cors_origins": "https://app.example"}
+    async with running(tmp_path, **settings) as (url, _):
+        response = await client.options(
+            f"{url}/ai/stream/chat",
+            headers={
+                "origin": "https://app.example",
+                "access-control-request-method": "POST",
+                "access-control-request-headers": "authorization,content-type",
+            },
+        )
+    assert response.status_code == 200
+    assert "authorization" in response.headers["access-control-allow-headers"].lower()
+
+
+# -- ownership -------------------------------------------------------------------------------
+
+
+async def test_no_principal_sees_anothers_conversations_or_streams(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    settings = {"provider": "mock", "auth": "api_key", "mock_delay_s": 0.05, "resume_grace_s": 5}
+    async with running(tmp_path, **settings) as (url, app):
+        alice, _ = await app.state.keys.create("alice")
+        bob, _ = await app.state.keys.create("bob")
+        root, _ = await app.state.keys.create("ops", admin=True)
+        body = {**HI, "metadata": {"mock": {"words": 40}}}
+        async with client.stream(
+            "POST", f"{url}/ai/stream/chat", json=body, headers=bearer(alice)
+        ) as r:
+            sid, cid = r.headers["x-stream-id"], r.headers["x-conversation-id"]
+            as_bob = bearer(bob)
+            answers = {
+                "list": await client.get(f"{url}/conversations", headers=as_bob),
+                "get": await client.get(f"{url}/conversations/{cid}", headers=as_bob),
+                "patch": await client.patch(
+                    f"{url}/conversations/{cid}", json={"title": "x"}, headers=as_bob
+                ),
+                "delete": await client.delete(f"{url}/conversations/{cid}", headers=as_bob),
+                "resume": await client.get(f"{url}/ai/stream/{sid}", headers=as_bob),
+                "stop": await client.post(f"{url}/ai/stream/{sid}/stop", headers=as_bob),
+                "continue": await client.post(
+                    f"{url}/ai/stream/chat", json={**HI, "conversation_id": cid}, headers=as_bob
+                ),
+                "usage": await client.get(f"{url}/usage", headers=as_bob),
+            }
+            admin_view = await client.get(f"{url}/conversations/{cid}", headers=bearer(root))
+            admin_stop = await client.post(f"{url}/ai/stream/{sid}/stop", headers=bearer(root))
+            await r.aread()
+        own = await client.get(f"{url}/conversations/{cid}", headers=bearer(alice))
+    assert answers["list"].json()["data"] == []
+    for name in ("get", "patch", "delete", "resume", "stop", "continue"):
+        assert answers[name].status_code == 404, name
+        assert answers[name].json()["error"]["code"] == "not_found", name
+    assert answers["usage"].json()["data"] == []
+    assert admin_view.status_code == 200
+    assert admin_stop.json()["status"] == "stopped"
+    assert own.status_code == 200 and own.json()["title"] == "hi"
+
+
+# -- limits ----------------------------------------------------------------------------------
+
+
+@pytest.fixture(params=["memory", "redis"])
+async def limits_backend(request: pytest.FixtureRequest) -> AsyncIterator[dict[str, Any]]:
+    if request.param == "memory":
+        yield {}
+    else:
+        async with redis_prefix() as prefix:
+            yield {"redis_url": REDIS_URL, "redis_prefix": prefix}
+
+
+async def test_requests_per_minute(
+    client: httpx.AsyncClient, tmp_path: Any, limits_backend: dict[str, Any]
+) -> None:
+    settings = {
+        "provider": "mock",
+        "auth": "anonymous",
+        "limits_anonymous": "rpm=2",
+        **limits_backend,
+    }
+    async with running(tmp_path, **settings) as (url, _):
+        answers = [await client.post(f"{url}/ai/stream/chat", json=HI) for _ in range(3)]
+        me = (await client.get(f"{url}/me")).json()["limits"]["requests_per_minute"]
+    assert [a.status_code for a in answers] == [200, 200, 429]
+    refused = answers[2]
+    assert refused.json()["error"]["code"] == "limit_exceeded"
+    assert "requests_per_minute is 2" in refused.json()["error"]["message"]
+    assert 1 <= int(refused.headers["retry-after"]) <= 60
+    assert refused.headers["x-ratelimit-limit"] == "2"
+    assert refused.headers["x-ratelimit-remaining"] == "0"
+    assert refused.headers["x-ratelimit-scope"] == "requests_per_minute"
+    assert me["remaining"] == 0
+
+
+async def test_concurrent_streams(
+    client: httpx.AsyncClient, tmp_path: Any, limits_backend: dict[str, Any]
+) -> None:
+    settings = {
+        "provider": "mock",
+        "auth": "anonymous",
+        "limits_anonymous": "concurrency=1",
+        "mock_delay_s": 0.02,
+        **limits_backend,
+    }
+    body = {**HI, "metadata": {"mock": {"words": 30}}}
+    async with running(tmp_path, **settings) as (url, _):
+        first = asyncio.create_task(stream_chat(client, url, body))
+        await asyncio.sleep(0.2)
+        second = await client.post(f"{url}/ai/stream/chat", json=body)
+        await first
+        third = await client.post(f"{url}/ai/stream/chat", json=HI)
+    assert second.status_code == 429
+    assert second.headers["x-ratelimit-scope"] == "concurrent_streams"
+    assert third.status_code == 200  # the first stream's slot was given back
+
+
+async def test_token_budgets_are_reserved_up_front_and_settled_from_usage(
+    client: httpx.AsyncClient, tmp_path: Any, limits_backend: dict[str, Any]
+) -> None:
+    async with FakeAnthropic() as fake:
+        fake.default = Scenario(deltas=["ok"], input_tokens=7, output_tokens=3)
+        settings = {
+            "provider": "anthropic",
+            "anthropic_api_key": "sk-ant-test",
+            "anthropic_base_url": fake.base_url,
+            "auth": "anonymous",
+            "limits_anonymous": "tpm=3000,daily_tokens=1000",
+            **limits_backend,
+        }
+        async with running(tmp_path, **settings) as (url, _):
+            small = await stream_chat(client, url, {**HI, "max_tokens": 500})
+            after_small = (await client.get(f"{url}/me")).json()["limits"]
+            too_big = await client.post(f"{url}/ai/stream/chat", json={**HI, "max_tokens": 995})
+            over_minute = await client.post(
+                f"{url}/ai/stream/chat", json={**HI, "max_tokens": 3500}
+            )
+    assert small.named("end")["reason"] == "completed"
+    # 500 + the estimated input were reserved; 7 + 3 were used and kept.
+    assert after_small["tokens_per_day"]["remaining"] == 990
+    assert after_small["tokens_per_minute"]["remaining"] == 2990
+    assert too_big.status_code == 429
+    assert too_big.headers["x-ratelimit-scope"] == "tokens_per_day"
+    assert over_minute.status_code == 429
+    assert over_minute.headers["x-ratelimit-scope"] == "tokens_per_minute"
+    assert len(fake.requests) == 1  # refused before the upstream was called
+
+
+# -- input limits ----------------------------------------------------------------------------
+
+
+async def test_input_limits_name_themselves(client: httpx.AsyncClient, tmp_path: Any) -> None:
+    settings = {
+        "provider": "mock",
+        "max_messages": 3,
+        "max_message_chars": 50,
+        "max_total_chars": 80,
+        "max_image_bytes": 30,
+    }
+    image = {
+        "type": "image",
+        "source": {"type": "base64", "media_type": "image/png", "data": "A" * 80},
+    }
+    bodies = {
+        "CHATRELAY_MAX_MESSAGES": {"messages": [{"role": "user", "content": "x"}] * 4},
+        "CHATRELAY_MAX_MESSAGE_CHARS": {"messages": [{"role": "user", "content": "x" * 51}]},
+        "CHATRELAY_MAX_TOTAL_CHARS": {
+            "messages": [
+                {"role": "user", "content": "x" * 45},
+                {"role": "assistant", "content": "y" * 45},
+            ]
+        },
+        "CHATRELAY_MAX_IMAGE_BYTES": {
+            "messages": [{"role": "user", "content": [{"type": "text", "text": "?"}, image]}]
+        },
+    }
+    async with running(tmp_path, **settings) as (url, _):
+        answers = {
+            name: await client.post(f"{url}/ai/stream/chat", json=b) for name, b in bodies.items()
+        }
+    for name, answer in answers.items():
+        assert answer.status_code == 422, name
+        assert name in answer.json()["error"]["message"], answer.json()
