@@ -202,7 +202,7 @@ class JWKSServer:
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
-            def do_GET(self) -> None:  # noqa: N802
+            def do_GET(self) -> None:
                 outer.fetches += 1
                 body = json.dumps({"keys": outer.keys}).encode()
                 self.send_response(200)
@@ -477,3 +477,114 @@ async def test_input_limits_name_themselves(client: httpx.AsyncClient, tmp_path:
     for name, answer in answers.items():
         assert answer.status_code == 422, name
         assert name in answer.json()["error"]["message"], answer.json()
+
+
+# -- across processes ------------------------------------------------------------------------
+
+
+def test_two_server_processes_share_one_budget(tmp_path: Any) -> None:
+    """rpm=3 for one key, counted in Redis by two `chatrelay serve` processes."""
+    import subprocess
+    import uuid
+
+    import redis
+
+    from .test_cli import chatrelay, env, free_port
+    from .test_cli import running as serving
+
+    database = f"sqlite+aiosqlite:///{tmp_path}/shared.db"
+    prefix = f"chatrelay-test-{uuid.uuid4().hex[:12]}"
+    created = subprocess.run(
+        chatrelay("keys", "create", "--name", "shared", "--rpm", "3"),
+        env=env(DATABASE_URL=database),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    key = created.stdout.strip()
+    common = env(
+        DATABASE_URL=database,
+        CHATRELAY_AUTH="api_key",
+        REDIS_URL=REDIS_URL,
+        CHATRELAY_REDIS_PREFIX=prefix,
+    )
+    a, b = free_port(), free_port()
+    client = redis.Redis.from_url(REDIS_URL)
+    try:
+        with (
+            serving(chatrelay("serve", "--port", str(a)), common, a, tmp_path),
+            serving(chatrelay("serve", "--port", str(b)), common, b, tmp_path),
+        ):
+            statuses = []
+            for port in (a, b, a, b):
+                response = httpx.post(
+                    f"http://127.0.0.1:{port}/ai/stream/chat",
+                    json=HI,
+                    headers=bearer(key),
+                    timeout=10,
+                )
+                statuses.append(response.status_code)
+        listed = subprocess.run(
+            chatrelay("keys", "list"),
+            env=env(DATABASE_URL=database),
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout
+    finally:
+        keys = list(client.scan_iter(match=f"{prefix}:*"))
+        if keys:
+            client.delete(*keys)
+        client.close()
+    assert statuses == [200, 200, 200, 429]
+    assert "shared" in listed and "rpm=3" in listed and key not in listed
+
+
+def test_secrets_never_appear_in_the_servers_output(tmp_path: Any) -> None:
+    """The provider key, an API key and a JWT secret, through a failing and a good request."""
+    import subprocess
+
+    from .test_cli import chatrelay, env, free_port
+    from .test_cli import running as serving
+
+    provider_key = "sk-ant-SECRET-provider-key-0123456789"
+    jwt_secret = "SECRET-jwt-signing-secret-0123456789abcdef"
+    database = f"sqlite+aiosqlite:///{tmp_path}/s.db"
+    created = subprocess.run(
+        chatrelay("keys", "create", "--name", "ops"),
+        env=env(DATABASE_URL=database),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    api_key = created.stdout.strip()
+    with FakeAnthropic.in_thread() as fake:
+        # The upstream refuses the key and echoes it, as some servers do; then it answers.
+        fake.enqueue(Scenario(status=401, error_message=f"invalid x-api-key {provider_key}"))
+        port = free_port()
+        environ = env(
+            DATABASE_URL=database,
+            ANTHROPIC_API_KEY=provider_key,
+            ANTHROPIC_BASE_URL=fake.base_url,
+            CHATRELAY_AUTH="api_key,jwt",
+            CHATRELAY_JWT_SECRET=jwt_secret,
+            CHATRELAY_LOG_LEVEL="debug",
+            CHATRELAY_LOG_FORMAT="json",
+        )
+        user_token = jwt.encode({"sub": "u1", "exp": int(time.time()) + 60}, jwt_secret)
+        with serving(chatrelay("serve", "--port", str(port)), environ, port, tmp_path) as server:
+            url = f"http://127.0.0.1:{port}/ai/stream/chat"
+            failed = httpx.post(url, json=HI, headers=bearer(api_key), timeout=10)
+            good = httpx.post(url, json=HI, headers=bearer(user_token), timeout=10)
+            refused = httpx.post(url, json=HI, headers=bearer(api_key[:-3] + "zzz"), timeout=10)
+        output = server.output
+    assert '"code":"upstream_auth"' in failed.text
+    assert "data: [DONE]" in good.text and '"reason":"completed"' in good.text
+    assert refused.status_code == 401
+    assert "stream" in output and "upstream_auth" in output  # the log did record them
+    for secret in (provider_key, api_key, api_key.split("_")[-1], jwt_secret, user_token):
+        for text in (output, failed.text, good.text, refused.text):
+            assert secret not in text
