@@ -167,11 +167,25 @@ class StreamResult:
 
     @property
     def errors(self) -> list[dict[str, Any]]:
+        """The error frames, each checked to carry a request id, which is then left out."""
         return [
-            json.loads(e.data)
+            without_request_id(json.loads(e.data))
             for e in self.events
             if e.event == "message" and e.data.startswith('{"error"')
         ]
+
+
+def without_request_id(error: dict[str, Any]) -> dict[str, Any]:
+    """An error body or frame minus its `request_id` (which must be there, and sane)."""
+    rest = dict(error)
+    request_id = rest.pop("request_id", None)
+    assert isinstance(request_id, str) and 1 <= len(request_id) <= 64, error
+    return rest
+
+
+def error_of(response: httpx.Response) -> dict[str, Any]:
+    """A JSON error response's `error` object, minus its request id."""
+    return without_request_id(response.json()["error"])
 
 
 async def stream_chat(

@@ -15,7 +15,7 @@ from chatrelay.app import create_app
 from chatrelay.errors import ConfigError
 from chatrelay.models import claude_accepts_sampling, load_models_file
 
-from .conftest import USER_HI, make_settings, serve, stream_chat
+from .conftest import USER_HI, error_of, make_settings, serve, stream_chat
 from .fakes.anthropic_upstream import FakeAnthropic, Scenario
 from .fakes.openai_upstream import FakeOpenAI, OpenAIScenario
 
@@ -134,7 +134,7 @@ async def test_an_alias_whose_key_is_unset_is_refused_alone(
         in (caplog.text)
     )
     assert refused.status_code == 503
-    assert refused.json()["error"] == {
+    assert error_of(refused) == {
         "code": "model_unavailable",
         "message": "Model 'gpt' is not available: its API key variable"
         " CHATRELAY_TEST_MISSING_KEY is not set",
@@ -222,7 +222,7 @@ async def test_images_go_to_vision_models_and_are_refused_by_others(
     assert accepted.named("end")["reason"] == "completed"
     assert anthropic_fake.requests[0].body["messages"][0]["content"] == content
     assert refused.status_code == 400
-    assert refused.json()["error"] == {
+    assert error_of(refused) == {
         "code": "unsupported",
         "message": "messages: model 'local' does not accept images",
         "fields": [{"field": "messages", "message": "model 'local' does not accept images"}],

@@ -8,7 +8,7 @@ from typing import Any
 import httpx
 import pytest
 
-from .conftest import make_settings, serve
+from .conftest import error_of, make_settings, serve
 
 HI = {"role": "user", "content": "Hi"}
 
@@ -200,7 +200,7 @@ async def test_body_over_the_limit_is_a_413_naming_the_limit(
     big = {"messages": [{"role": "user", "content": "x" * 5000}]}
     response = await client.post(f"{base_url}/ai/stream/chat", json=big)
     assert response.status_code == 413
-    assert response.json()["error"] == {
+    assert error_of(response) == {
         "code": "body_too_large",
         "message": "The request body is larger than the limit of 4096 bytes",
     }

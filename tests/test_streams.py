@@ -17,7 +17,7 @@ from httpx_sse import ServerSentEvent, aconnect_sse
 
 from chatrelay.settings import Settings
 
-from .conftest import REDIS_URL, make_settings, redis_prefix, serve, serve_app
+from .conftest import REDIS_URL, error_of, make_settings, redis_prefix, serve, serve_app
 from .fakes.anthropic_upstream import FakeAnthropic, Scenario
 
 LONG = {"messages": [{"role": "user", "content": "go"}], "metadata": {"mock": {"words": 40}}}
@@ -132,7 +132,7 @@ async def test_an_unknown_stream_is_a_404_with_a_clear_message(
         f"{cluster.b}/ai/stream/0123456789abcdef", headers={"last-event-id": "x"}
     )
     assert resumed.status_code == 404
-    assert resumed.json()["error"] == {
+    assert error_of(resumed) == {
         "code": "not_found",
         "message": "Stream '0123456789abcdef' not found (unknown, or expired)",
     }

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import signal
 import socket
 import sys
 from collections.abc import Awaitable, Callable
@@ -64,6 +65,10 @@ def serve(host: str | None, port: int | None) -> None:
         # A backstop only: streams are drained (and ended) before uvicorn waits for them.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )
+    # uvicorn re-raises the signal it caught once it has shut down; after a clean drain that
+    # would end the process "killed by SIGTERM" (exit 143), which supervisors read as a crash.
+    # It puts back the handler it found before re-raising: this one makes that an exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
     DrainingServer(config, app, settings.shutdown_grace_s).run()
 
 
