@@ -21,10 +21,11 @@ from .errors import ChatRelayError, InvalidField, RequestError
 from .eventlogs.factory import instance_id, open_event_log
 from .keys import ApiKeys
 from .logs import hide_secrets
+from .metrics import Metrics
 from .models import models_config
-from .quotas import Limits, MemoryCounters, Quotas, RedisCounters
+from .quotas import LimitExceeded, Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
-from .routes import chat, conversations, health, me, openai, streams
+from .routes import chat, conversations, health, me, openai, page, streams
 from .routes.errors import error_response, openai_error_response
 from .routing import Router
 from .schemas import problems_from
@@ -77,14 +78,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
             router = Router.build(models, settings)
             stack.push_async_callback(router.aclose)
-            relay = Relay(
-                first_token_timeout_s=settings.first_token_timeout_s,
-                retry=RetryPolicy(
-                    max_retries=settings.max_retries,
-                    base_s=settings.retry_base_s,
-                    retry_after_cap_s=settings.retry_after_cap_s,
-                ),
-            )
             instance = instance_id()
             hub = StreamHub(
                 open_event_log(settings, instance, redis),
@@ -93,8 +86,20 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await hub.start()
             stack.push_async_callback(hub.close)
+            metrics = Metrics(active_streams=lambda: hub.running)
+            relay = Relay(
+                first_token_timeout_s=settings.first_token_timeout_s,
+                retry=RetryPolicy(
+                    max_retries=settings.max_retries,
+                    base_s=settings.retry_base_s,
+                    retry_after_cap_s=settings.retry_after_cap_s,
+                ),
+                metrics=metrics,
+            )
 
             app.state.store = store
+            app.state.redis = redis
+            app.state.metrics = metrics
             app.state.keys = keys
             app.state.quotas = quotas
             app.state.streams = hub
@@ -116,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 InputLimits.from_settings(settings),
                 Conversations(store, settings.history_budget_tokens),
                 quotas,
+                metrics,
             )
             log.info(
                 "chatrelay %s serving %s (models: %s; auth: %s; instance %s)",
@@ -138,6 +144,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(conversations.router)
     app.include_router(me.router)
     app.include_router(health.router)
+    app.include_router(page.router)
+    app.mount("/static", page.static_files(), name="static")
     # Outermost first: CORS answers preflights before access checks run.
     app.add_middleware(AccessMiddleware)
     if origins := settings.allowed_origins(only_mock):
@@ -161,6 +169,8 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(ChatRelayError)
     async def relay_error(request: Request, exc: ChatRelayError) -> JSONResponse:
+        if isinstance(exc, LimitExceeded):
+            request.app.state.metrics.limited(exc.limit_name)
         return respond(request, exc)
 
     @app.exception_handler(RequestValidationError)

@@ -14,6 +14,7 @@ import asyncio
 import ipaddress
 import logging
 import re
+import time
 import uuid
 from collections.abc import Iterable
 from typing import Any
@@ -27,6 +28,7 @@ from .principals import PUBLIC, Principal
 from .quotas import Limits
 
 log = logging.getLogger("chatrelay.auth")
+access_log = logging.getLogger("chatrelay.access")
 
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Reachable without credentials: health checks, the API description, the chat page.
@@ -212,7 +214,8 @@ def _bearer(scope: Scope) -> str | None:
 
 
 class AccessMiddleware:
-    """Gives every request an id (echoed in `X-Request-ID`) and, where needed, a principal."""
+    """Per request: an id (echoed in `X-Request-ID`), a principal where one is needed, one
+    access log line and one request metric."""
 
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -227,12 +230,24 @@ class AccessMiddleware:
         state = scope.setdefault("state", {})
         state["request_id"] = rid
         raw_id = rid.encode()
+        status = 500
+        started = time.perf_counter()
 
         async def send_with_id(message: Message) -> None:
+            nonlocal status
             if message["type"] == "http.response.start":
+                status = message["status"]
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
             await send(message)
 
+        try:
+            await self._serve(scope, receive, send_with_id, state)
+        finally:
+            self._record(scope, state, status, started)
+
+    async def _serve(
+        self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
+    ) -> None:
         path: str = scope["path"]
         authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
         if authenticator is not None and authenticator.open:
@@ -255,6 +270,27 @@ class AccessMiddleware:
                 respond = openai_error_response if path.startswith("/v1/") else error_response
                 response = respond(exc)
                 response.headers["www-authenticate"] = "Bearer"
-                await response(scope, receive, send_with_id)
+                await response(scope, receive, send)
                 return
-        await self.app(scope, receive, send_with_id)
+        await self.app(scope, receive, send)
+
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+        # Path templates, not paths: ids must not become log fields' or metrics' values.
+        template = getattr(scope.get("route"), "path", None) or "unmatched"
+        principal = state.get("principal")
+        access_log.info(
+            "%s %s %d",
+            scope["method"],
+            template,
+            status,
+            extra={
+                "method": scope["method"],
+                "route": template,
+                "status": status,
+                "duration_ms": round((time.perf_counter() - started) * 1000, 1),
+                "principal": principal.id if principal is not None else None,
+            },
+        )
+        metrics = getattr(scope["app"].state, "metrics", None)
+        if metrics is not None:
+            metrics.request(template, scope["method"], status)

@@ -21,6 +21,7 @@ from typing import Any
 from .conversations import Conversations, Turn
 from .errors import ChatRelayError, FieldProblem, InvalidField, Unsupported
 from .events import TextDelta, ThinkingDelta, Usage
+from .metrics import Metrics
 from .models import ModelSpec
 from .principals import Principal
 from .providers import ChatParams
@@ -125,6 +126,7 @@ class ChatJob:
     cancel_reason: str | None = None
     # Run (in order) with the reply when it ends, however it ends: store it, settle quotas.
     finishers: list[Finisher] = field(default_factory=list)
+    owner: str | None = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -136,6 +138,7 @@ class ChatJob:
         first_at: float | None = None
         text: list[str] = []
         thinking: list[str] = []
+        deltas = 0
         model = self.requested_model
         end: End | None = None
         try:
@@ -146,10 +149,12 @@ class ChatJob:
                         if first_at is None:
                             first_at = time.perf_counter()
                         text.append(event.text)  # type: ignore[union-attr]
+                        deltas += 1
                     elif kind is ThinkingDelta:
                         if first_at is None:
                             first_at = time.perf_counter()
                         thinking.append(event.text)  # type: ignore[union-attr]
+                        deltas += 1
                     elif kind is Answering:
                         model = event.target.spec.alias  # type: ignore[union-attr]
                     else:
@@ -171,6 +176,7 @@ class ChatJob:
                 ttft_ms=round((first_at - started) * 1000) if first_at else None,
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 thinking="".join(thinking) or None,
+                deltas=deltas,
             )
             self._count_tokens(reply, end.usage if end else None)
             self._log_end(reply, end)
@@ -203,6 +209,7 @@ class ChatJob:
             reply.end_reason,
             extra={
                 "stream_id": self.stream_id,
+                "principal": self.owner,
                 "conversation_id": self.conversation_id,
                 "model": reply.model,
                 "outcome": reply.end_reason,
@@ -213,6 +220,7 @@ class ChatJob:
                 "attempts": end.attempts if end else None,
                 "ttft_ms": reply.ttft_ms,
                 "duration_ms": reply.duration_ms,
+                "deltas": reply.deltas,
                 "input_tokens": reply.input_tokens,
                 "output_tokens": reply.output_tokens,
                 "usage_estimated": reply.usage_estimated,
@@ -265,12 +273,14 @@ class ChatService:
         limits: InputLimits,
         conversations: Conversations | None = None,
         quotas: Quotas | None = None,
+        metrics: Metrics | None = None,
     ) -> None:
         self.router = router
         self.relay = relay
         self.limits = limits
         self.conversations = conversations
         self.quotas = quotas
+        self.metrics = metrics
 
     async def start(
         self,
@@ -314,7 +324,10 @@ class ChatService:
             relay=self.relay,
             thinking=params.thinking is not None,
             warnings=warnings,
+            owner=principal.id,
         )
+        if self.metrics is not None:
+            job.finishers.append(self._observe)
         admission = await self._admit(principal, params, job.stream_id)
         try:
             if persist and self.conversations is not None:
@@ -340,6 +353,19 @@ class ChatService:
                 )
             )
         return job
+
+    async def _observe(self, reply: Reply) -> None:
+        assert self.metrics is not None
+        self.metrics.reply(
+            reply.model or "unknown",
+            reply.end_reason,
+            reply.error_code,
+            reply.deltas,
+            reply.ttft_ms / 1000 if reply.ttft_ms is not None else None,
+            (reply.duration_ms or 0) / 1000,
+            reply.input_tokens,
+            reply.output_tokens,
+        )
 
     async def _admit(
         self, principal: Principal, params: ChatParams, stream_id: str

@@ -24,7 +24,8 @@ from dataclasses import dataclass
 
 from .errors import ChatRelayError, InternalError, UpstreamError, UpstreamFailed, UpstreamTimeout
 from .events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
-from .providers import ChatParams, Provider
+from .metrics import Metrics
+from .providers import ChatParams
 from .routing import Target
 
 log = logging.getLogger("chatrelay.relay")
@@ -96,10 +97,12 @@ class Relay:
         first_token_timeout_s: float,
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        metrics: Metrics | None = None,
     ) -> None:
         self._first_token_timeout = first_token_timeout_s
         self._retry = retry
         self._sleep = sleep
+        self._metrics = metrics
 
     async def run(
         self, plan: Sequence[tuple[Target, ChatParams]]
@@ -107,16 +110,19 @@ class Relay:
         """Answer from the first model of `plan` that produces output."""
         failed: list[str] = []
         for position, (target, params) in enumerate(plan):
-            opened = await self._open(target.provider, params)
+            opened = await self._open(target, params)
             if isinstance(opened, _Failed):
                 code = opened.error.code
                 if position < len(plan) - 1 and code in FALLBACK_CODES:
+                    following = plan[position + 1][0].spec.alias
                     log.warning(
                         "model %s failed with %s before answering; falling back to %s",
                         target.spec.alias,
                         code,
-                        plan[position + 1][0].spec.alias,
+                        following,
                     )
+                    if self._metrics is not None:
+                        self._metrics.fallback(target.spec.alias, following)
                     failed.append(target.spec.alias)
                     continue
                 yield Answering(target, tuple(failed))
@@ -130,8 +136,9 @@ class Relay:
                     yield event
             return
 
-    async def _open(self, provider: Provider, params: ChatParams) -> _Opened | _Failed:
+    async def _open(self, target: Target, params: ChatParams) -> _Opened | _Failed:
         """Start the reply, retrying until its first output (or a final failure)."""
+        provider = target.provider
         attempt = 1
         while True:
             stream = provider.stream(params)
@@ -169,6 +176,8 @@ class Relay:
                 attempt + 1,
                 delay,
             )
+            if self._metrics is not None:
+                self._metrics.retry(target.spec.alias, error.code)
             await self._sleep(delay)
             attempt += 1
 

@@ -1,0 +1,176 @@
+"""What an operator watches: /metrics, /readyz, request ids, one log line per request and per
+stream."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import httpx
+from prometheus_client.parser import text_string_to_metric_families
+
+from .conftest import USER_HI, make_settings, serve, stream_chat
+from .test_cli import chatrelay, env, free_port, running
+
+
+def samples(text: str) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
+    return {
+        (sample.name, tuple(sorted(sample.labels.items()))): sample.value
+        for family in text_string_to_metric_families(text)
+        for sample in family.samples
+    }
+
+
+def value(found: dict[Any, float], name: str, **labels: str) -> float:
+    return found.get((name, tuple(sorted(labels.items()))), 0.0)
+
+
+async def test_metrics_count_completed_failed_and_stopped_streams(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        provider="mock",
+        mock_delay_s=0.02,
+        max_retries=1,
+        retry_base_s=0.01,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/m.db",
+    )
+    async with serve(settings) as url:
+        await stream_chat(client, url, {"messages": USER_HI})
+        await stream_chat(
+            client, url, {"messages": USER_HI, "metadata": {"mock": {"fail_after": 2}}}
+        )
+        await stream_chat(
+            client,
+            url,
+            {
+                "messages": USER_HI,
+                "metadata": {"mock": {"fail_after": 0, "fail_code": "overloaded"}},
+            },
+        )
+        async with client.stream(
+            "POST",
+            f"{url}/ai/stream/chat",
+            json={"messages": USER_HI, "metadata": {"mock": {"words": 200}}},
+        ) as response:
+            stream_id = response.headers["x-stream-id"]
+            async for line in response.aiter_lines():
+                if line.startswith('data: {"content"'):
+                    await client.post(f"{url}/ai/stream/{stream_id}/stop")
+                    break
+        text = (await client.get(f"{url}/metrics")).text
+    found = samples(text)
+    assert value(found, "chatrelay_streams_total", model="mock", reason="completed") == 1
+    assert value(found, "chatrelay_streams_total", model="mock", reason="error") == 2
+    assert value(found, "chatrelay_streams_total", model="mock", reason="stopped") == 1
+    assert value(found, "chatrelay_upstream_errors_total", model="mock", code="overloaded") == 2
+    assert value(found, "chatrelay_retries_total", model="mock", code="overloaded") == 1
+    assert value(found, "chatrelay_stream_duration_seconds_count", model="mock") == 4
+    assert value(found, "chatrelay_time_to_first_token_seconds_count", model="mock") == 3
+    assert value(found, "chatrelay_deltas_total", model="mock") >= 14 + 2 + 1
+    assert value(found, "chatrelay_tokens_total", model="mock", kind="output") >= 14
+    assert value(found, "chatrelay_active_streams") == 0
+    assert (
+        value(
+            found, "chatrelay_requests_total", route="/ai/stream/chat", method="POST", status="200"
+        )
+        == 4
+    )
+    assert (
+        value(
+            found,
+            "chatrelay_requests_total",
+            route="/ai/stream/{stream_id}/stop",
+            method="POST",
+            status="200",
+        )
+        == 1
+    )
+    assert stream_id not in text  # no ids as label values
+
+
+async def test_rate_limit_refusals_are_counted(client: httpx.AsyncClient, tmp_path: Path) -> None:
+    settings = make_settings(
+        provider="mock", limits_public="rpm=1", database_url=f"sqlite+aiosqlite:///{tmp_path}/r.db"
+    )
+    async with serve(settings) as url:
+        await client.post(f"{url}/ai/stream/chat", json={"messages": USER_HI})
+        refused = await client.post(f"{url}/ai/stream/chat", json={"messages": USER_HI})
+        found = samples((await client.get(f"{url}/metrics")).text)
+    assert refused.status_code == 429
+    assert value(found, "chatrelay_rate_limited_total", limit="requests_per_minute") == 1
+
+
+async def test_request_ids_are_echoed_kept_and_quoted_in_errors(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with serve(
+        make_settings(provider="mock", database_url=f"sqlite+aiosqlite:///{tmp_path}/i.db")
+    ) as url:
+        mine = await client.get(f"{url}/healthz", headers={"x-request-id": "trace-42"})
+        odd = await client.get(f"{url}/healthz", headers={"x-request-id": "bad id\twith tab"})
+        failed = await client.post(f"{url}/ai/stream/chat", json={"messages": []})
+        streamed = await stream_chat(
+            client, url, {"messages": USER_HI, "metadata": {"mock": {"fail_after": 1}}}
+        )
+    assert mine.headers["x-request-id"] == "trace-42"
+    assert (
+        odd.headers["x-request-id"] != "bad id\twith tab" and len(odd.headers["x-request-id"]) == 32
+    )
+    assert failed.json()["error"]["request_id"] == failed.headers["x-request-id"]
+    frame = next(e for e in streamed.events if e.data.startswith('{"error"'))
+    assert json.loads(frame.data)["request_id"] == streamed.headers["x-request-id"]
+
+
+async def test_readyz_checks_the_database_and_the_default_model(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(
+        '[models.gpt]\nprovider = "openai"\nmodel = "gpt-5.4-mini"\napi_key_env = "NOT_SET_HERE"\n'
+    )
+    database = f"sqlite+aiosqlite:///{tmp_path}/z.db"
+    async with serve(make_settings(provider="mock", database_url=database)) as url:
+        ready = await client.get(f"{url}/readyz")
+    async with serve(make_settings(models_file=models, database_url=database)) as url:
+        unready = await client.get(f"{url}/readyz")
+        alive = await client.get(f"{url}/healthz")
+    assert ready.status_code == 200
+    assert ready.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "redis": "not used", "provider": "ok"},
+    }
+    assert unready.status_code == 503
+    assert unready.json()["checks"]["provider"] == "default model unavailable"
+    assert alive.status_code == 200
+
+
+def test_one_json_log_line_per_request_and_per_finished_stream(tmp_path: Path) -> None:
+    port = free_port()
+    environ = env(CHATRELAY_LOG_FORMAT="json", DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path}/l.db")
+    with running(chatrelay("serve", "--port", str(port)), environ, port, tmp_path) as server:
+        response = httpx.post(
+            f"http://127.0.0.1:{port}/ai/stream/chat",
+            json={"messages": USER_HI},
+            headers={"x-request-id": "req-abc"},
+            timeout=10,
+        )
+    assert response.status_code == 200
+    lines = [json.loads(line) for line in server.output.splitlines() if line.startswith("{")]
+    streams = [line for line in lines if line.get("logger") == "chatrelay.chat"]
+    requests = [
+        line
+        for line in lines
+        if line.get("logger") == "chatrelay.access" and line.get("request_id") == "req-abc"
+    ]
+    [stream] = streams
+    assert stream["request_id"] == "req-abc"
+    assert stream["principal"] == "public"
+    assert stream["model"] == "mock" and stream["outcome"] == "completed"
+    assert stream["stop_reason"] == "end_turn"
+    assert stream["input_tokens"] == 2 and stream["output_tokens"] == 14
+    assert stream["ttft_ms"] is not None and stream["duration_ms"] >= stream["ttft_ms"]
+    [request] = requests
+    assert request["route"] == "/ai/stream/chat" and request["status"] == 200
+    assert request["method"] == "POST" and request["principal"] == "public"
