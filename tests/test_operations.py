@@ -174,3 +174,31 @@ def test_one_json_log_line_per_request_and_per_finished_stream(tmp_path: Path) -
     [request] = requests
     assert request["route"] == "/ai/stream/chat" and request["status"] == 200
     assert request["method"] == "POST" and request["principal"] == "public"
+
+
+async def test_tracing_gives_a_server_span_per_request_and_an_upstream_child(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from chatrelay.app import create_app
+    from chatrelay.tracing import wanted
+
+    from .conftest import serve_app
+
+    app = create_app(
+        make_settings(provider="mock", database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    )
+    exporter = InMemorySpanExporter()
+    app.state.span_exporter = exporter
+    async with serve_app(app) as url:
+        await stream_chat(client, url, {"messages": USER_HI})
+    spans = {span.name: span for span in exporter.get_finished_spans()}
+    server, upstream = spans["POST /ai/stream/chat"], spans["upstream"]
+    assert server.attributes["http.response.status_code"] == 200
+    assert upstream.parent is not None
+    assert upstream.parent.span_id == server.context.span_id
+    assert upstream.attributes["chatrelay.model"] == "mock"
+    assert upstream.attributes["chatrelay.outcome"] == "completed"
+    assert not wanted({}) and not wanted({"OTEL_TRACES_EXPORTER": "none"})
+    assert wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})

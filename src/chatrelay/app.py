@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from . import __version__
+from . import __version__, tracing
 from .auth import AccessMiddleware, Authenticator, access_modes
 from .chat import ChatService, InputLimits
 from .conversations import Conversations
@@ -87,6 +87,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             await hub.start()
             stack.push_async_callback(hub.close)
             metrics = Metrics(active_streams=lambda: hub.running)
+            tracer = tracing.setup(getattr(app.state, "span_exporter", None))
+            app.state.tracer = tracer
             relay = Relay(
                 first_token_timeout_s=settings.first_token_timeout_s,
                 retry=RetryPolicy(
@@ -95,6 +97,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     retry_after_cap_s=settings.retry_after_cap_s,
                 ),
                 metrics=metrics,
+                tracer=tracer,
             )
 
             app.state.store = store

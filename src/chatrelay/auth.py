@@ -240,10 +240,26 @@ class AccessMiddleware:
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
             await send(message)
 
-        try:
-            await self._serve(scope, receive, send_with_id, state)
-        finally:
-            self._record(scope, state, status, started)
+        tracer = getattr(scope["app"].state, "tracer", None)
+        if tracer is None:
+            try:
+                await self._serve(scope, receive, send_with_id, state)
+            finally:
+                self._record(scope, state, status, started)
+            return
+        from opentelemetry.trace import SpanKind
+
+        with tracer.start_as_current_span(
+            scope["method"], kind=SpanKind.SERVER, attributes={"chatrelay.request_id": rid}
+        ) as span:
+            try:
+                await self._serve(scope, receive, send_with_id, state)
+            finally:
+                template = self._record(scope, state, status, started)
+                span.update_name(f"{scope['method']} {template}")
+                span.set_attribute("http.request.method", scope["method"])
+                span.set_attribute("http.route", template)
+                span.set_attribute("http.response.status_code", status)
 
     async def _serve(
         self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
@@ -274,7 +290,7 @@ class AccessMiddleware:
                 return
         await self.app(scope, receive, send)
 
-    def _record(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> None:
+    def _record(self, scope: Scope, state: dict[str, Any], status: int, started: float) -> str:
         # Path templates, not paths: ids must not become log fields' or metrics' values.
         template = getattr(scope.get("route"), "path", None) or "unmatched"
         principal = state.get("principal")
@@ -294,3 +310,4 @@ class AccessMiddleware:
         metrics = getattr(scope["app"].state, "metrics", None)
         if metrics is not None:
             metrics.request(template, scope["method"], status)
+        return template

@@ -21,6 +21,7 @@ import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
 from dataclasses import dataclass
+from typing import Any
 
 from .errors import ChatRelayError, InternalError, UpstreamError, UpstreamFailed, UpstreamTimeout
 from .events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
@@ -98,11 +99,13 @@ class Relay:
         retry: RetryPolicy,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
         metrics: Metrics | None = None,
+        tracer: Any = None,
     ) -> None:
         self._first_token_timeout = first_token_timeout_s
         self._retry = retry
         self._sleep = sleep
         self._metrics = metrics
+        self._tracer = tracer
 
     async def run(
         self, plan: Sequence[tuple[Target, ChatParams]]
@@ -110,8 +113,14 @@ class Relay:
         """Answer from the first model of `plan` that produces output."""
         failed: list[str] = []
         for position, (target, params) in enumerate(plan):
-            opened = await self._open(target, params)
+            span = self._span(target, params)
+            try:
+                opened = await self._open(target, params)
+            except BaseException:
+                _end_span(span, "cancelled")
+                raise
             if isinstance(opened, _Failed):
+                _end_span(span, opened.error.code, opened.attempts)
                 code = opened.error.code
                 if position < len(plan) - 1 and code in FALLBACK_CODES:
                     following = plan[position + 1][0].spec.alias
@@ -129,12 +138,31 @@ class Relay:
                 yield End(None, opened.usage, opened.error, opened.attempts)
                 return
             yield Answering(target, tuple(failed))
-            # `async for` alone would leave the inner generator (and the upstream) open when
-            # this one is closed between two events.
-            async with aclosing(self._relay(opened)) as events:
-                async for event in events:
-                    yield event
+            outcome = "cancelled"
+            try:
+                # `async for` alone would leave the inner generator (and the upstream) open
+                # when this one is closed between two events.
+                async with aclosing(self._relay(opened)) as events:
+                    async for event in events:
+                        if type(event) is End:
+                            outcome = event.error.code if event.error else "completed"
+                        yield event
+            finally:
+                _end_span(span, outcome, opened.attempts)
             return
+
+    def _span(self, target: Target, params: ChatParams) -> Any:
+        if self._tracer is None:
+            return None
+        return self._tracer.start_span(
+            "upstream",
+            attributes={
+                "chatrelay.model": target.spec.alias,
+                "chatrelay.provider": target.spec.provider,
+                "gen_ai.request.model": params.model,
+                "gen_ai.request.max_tokens": params.max_tokens,
+            },
+        )
 
     async def _open(self, target: Target, params: ChatParams) -> _Opened | _Failed:
         """Start the reply, retrying until its first output (or a final failure)."""
@@ -207,6 +235,15 @@ class Relay:
             yield End(None, usage, _internal(error), attempts)
         finally:
             await stream.aclose()
+
+
+def _end_span(span: Any, outcome: str, attempts: int | None = None) -> None:
+    if span is None:
+        return
+    span.set_attribute("chatrelay.outcome", outcome)
+    if attempts is not None:
+        span.set_attribute("chatrelay.attempts", attempts)
+    span.end()
 
 
 def _truncated() -> UpstreamFailed:
