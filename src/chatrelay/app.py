@@ -12,7 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
-from . import __version__, tracing
+from . import __version__, openapi, tracing
 from .auth import AccessMiddleware, Authenticator, access_modes
 from .chat import ChatService, InputLimits
 from .conversations import Conversations
@@ -161,6 +161,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             max_age=600,
         )
     _install_error_handlers(app)
+    openapi.install(app)
     return app
 
 

@@ -19,16 +19,14 @@ from __future__ import annotations
 
 import logging
 import math
-import re
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import FieldProblem, InvalidField, NotFound
-from .store import Reply, Store, new_id
+from .store import CONVERSATION_ID, Reply, Store, new_id
 
 log = logging.getLogger("chatrelay.conversations")
 
-_WELL_FORMED = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
 TITLE_LENGTH = 80
 # An image costs about this many tokens whatever its size (for the history budget only).
 IMAGE_TOKENS = 1600
@@ -64,7 +62,8 @@ def title_of(messages: list[dict[str, Any]]) -> str:
                     block.get("text", "") for block in content if block.get("type") == "text"
                 )
             )
-            text = " ".join(text.split())
+            # NUL has no place in a title (and PostgreSQL refuses it in text columns).
+            text = " ".join(text.replace("\x00", " ").split())
             return text if len(text) <= TITLE_LENGTH else text[: TITLE_LENGTH - 1] + "…"
     return ""
 
@@ -112,7 +111,7 @@ class Conversations:
         if conversation_id is None:
             conversation_id, existing = new_id(), None
         else:
-            if not _WELL_FORMED.match(conversation_id):
+            if not CONVERSATION_ID.match(conversation_id):
                 raise InvalidField(
                     [
                         FieldProblem(

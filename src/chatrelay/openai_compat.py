@@ -164,7 +164,17 @@ def _blocks(content: Any, index: int) -> Any:
         if kind == "text":
             blocks.append({"type": "text", "text": part.get("text")})
         elif kind == "image_url":
-            url = (part.get("image_url") or {}).get("url", "")
+            image = part.get("image_url")
+            url = image.get("url") if isinstance(image, dict) else None
+            if not isinstance(url, str) or not url:
+                raise InvalidField(
+                    [
+                        FieldProblem(
+                            f"messages[{index}].content[{number}].image_url.url",
+                            "must be an https URL or a data: URL of an image",
+                        )
+                    ]
+                )
             if match := _DATA_URL.match(url):
                 source = {"type": "base64", "media_type": match[1], "data": match[2]}
             else:

@@ -173,10 +173,34 @@ def validate_json(body: bytes, model: type[ModelT]) -> ModelT:
         raise MalformedJSON(f"The request body is not valid JSON: {exc}") from None
     if not isinstance(data, dict):
         raise InvalidField([FieldProblem("body", "must be a JSON object")])
+    if nesting(data) > MAX_DEPTH:
+        raise InvalidField([FieldProblem("body", f"is nested more than {MAX_DEPTH} levels deep")])
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise InvalidField(problems_from(exc.errors(include_url=False))) from None
+
+
+# Deeper JSON than any real request would need; deeper still would exhaust the stack of the
+# JSON encoders that store it.
+MAX_DEPTH = 64
+
+
+def nesting(value: Any) -> int:
+    """How deeply `value` nests lists and objects (without recursing)."""
+    deepest, stack = 0, [(value, 1)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        deepest = max(deepest, depth)
+        if depth <= MAX_DEPTH:
+            stack.extend((child, depth + 1) for child in children)
+    return deepest
 
 
 # Names pydantic gives to union branches and validators; they say nothing to a client.

@@ -173,6 +173,7 @@ class EventStreamResponse(Response):
         *,
         heartbeat_s: float,
         headers: Mapping[str, str] | None = None,
+        status_code: int = 200,  # FastAPI reads this default when it documents the route
     ) -> None:
         self.frames = frames
         self.heartbeat_s = heartbeat_s

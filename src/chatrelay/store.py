@@ -22,6 +22,9 @@ from sqlalchemy.orm import selectinload
 from .errors import ConversationBusy
 from .tables import Conversation, Message
 
+# What a conversation id looks like (ours are UUIDs; clients may choose their own).
+CONVERSATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+
 
 def now() -> datetime:
     return datetime.now(UTC)
@@ -71,6 +74,8 @@ class Store:
     # -- conversations ---------------------------------------------------------------------
     async def get(self, conversation_id: str, owner: str | None) -> Conversation | None:
         """The conversation with its messages; `owner=None` sees every owner's (admin)."""
+        if not CONVERSATION_ID.match(conversation_id):
+            return None  # no such id can exist (and PostgreSQL refuses NUL in text)
         async with self._session() as session:
             query = (
                 select(Conversation)
@@ -137,6 +142,8 @@ class Store:
     async def _owned(
         self, session: AsyncSession, conversation_id: str, owner: str | None
     ) -> Conversation | None:
+        if not CONVERSATION_ID.match(conversation_id):
+            return None
         query = select(Conversation).where(Conversation.id == conversation_id)
         if owner is not None:
             query = query.where(Conversation.owner == owner)
@@ -305,9 +312,6 @@ class Store:
         ]
 
 
-_CURSOR_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
-
-
 def _encode_cursor(conversation: Conversation) -> str:
     raw = orjson.dumps([conversation.updated_at.isoformat(), conversation.id])
     return base64.urlsafe_b64encode(raw).decode().rstrip("=")
@@ -323,7 +327,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         # Only what this server could have written: a UTC time the databases can hold, and
         # an id of the well-formed kind (PostgreSQL refuses NUL in text, for one).
         when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
-        if not isinstance(conversation_id, str) or not _CURSOR_ID.match(conversation_id):
+        if not isinstance(conversation_id, str) or not CONVERSATION_ID.match(conversation_id):
             raise ValueError(conversation_id)
         return when, conversation_id
     except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):

@@ -11,6 +11,7 @@ from fastapi.responses import JSONResponse
 from ..bodies import read_body
 from ..chat import ChatJob, ChatService, complete
 from ..errors import FieldProblem, InvalidField
+from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest, parse_chat_request
 from ..settings import Settings
@@ -20,12 +21,7 @@ from .errors import error_response
 
 router = APIRouter()
 
-REQUEST_BODY: dict[str, Any] = {
-    "requestBody": {
-        "required": True,
-        "content": {"application/json": {"schema": ChatRequest.model_json_schema()}},
-    }
-}
+REQUEST_BODY = body(ChatRequest)
 
 
 async def _request(request: Request) -> ChatRequest:

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from ..bodies import read_body
 from ..errors import FieldProblem, InvalidField, NotFound
+from ..openapi import body
 from ..principals import principal_of
 from ..schemas import validate_json
 from ..settings import Settings
@@ -24,7 +25,7 @@ class ConversationPatch(BaseModel):
 
     model_config = ConfigDict(extra="forbid")
 
-    title: str | None = Field(None, min_length=1, max_length=200)
+    title: str | None = Field(None, min_length=1, max_length=200, pattern=r"^[^\x00]*$")
     metadata: dict[str, Any] | None = None
 
 
@@ -96,12 +97,7 @@ async def get_conversation(request: Request, conversation_id: str) -> dict[str, 
 @router.patch(
     "/conversations/{conversation_id}",
     summary="Rename a conversation or replace its metadata",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": ConversationPatch.model_json_schema()}},
-        }
-    },
+    openapi_extra=body(ConversationPatch),
 )
 async def patch_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
@@ -130,8 +126,9 @@ def _bound(value: str | None, name: str, end: bool) -> datetime | None:
             day = date.fromisoformat(value) + timedelta(days=1 if end else 0)
             return datetime.combine(day, time(), UTC)
         parsed = datetime.fromisoformat(value)
-        return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
-    except ValueError:
+        # In UTC now, so a time the databases cannot hold fails here, as a 422.
+        return parsed.astimezone(UTC) if parsed.tzinfo else parsed.replace(tzinfo=UTC)
+    except (ValueError, OverflowError):
         raise InvalidField(
             [FieldProblem(name, "must be a date (2026-11-24) or an ISO 8601 time")]
         ) from None

@@ -19,6 +19,7 @@ from ..openai_compat import (
     completion_object,
     to_chat_request,
 )
+from ..openapi import body
 from ..principals import principal_of
 from ..relay import Answering, End, RelayEvent
 from ..routing import Router
@@ -33,12 +34,7 @@ router = APIRouter(prefix="/v1")
 @router.post(
     "/chat/completions",
     summary="OpenAI-compatible Chat Completions (streaming or not)",
-    openapi_extra={
-        "requestBody": {
-            "required": True,
-            "content": {"application/json": {"schema": OpenAIChatRequest.model_json_schema()}},
-        }
-    },
+    openapi_extra=body(OpenAIChatRequest),
 )
 async def chat_completions(request: Request) -> Response:
     settings: Settings = request.app.state.settings
