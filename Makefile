@@ -37,3 +37,8 @@ $(VENV)/.installed-dev: pyproject.toml $(VENV)/bin/python
 
 clean:
 	rm -rf $(VENV) .mypy_cache .ruff_cache
+
+# Streaming benchmark (a few minutes; not part of `make test`): writes docs/BENCHMARKS.md and
+# bench/results/latest.json. Quick smoke run: .venv/bin/python bench/relay_bench.py --quick
+bench: $(VENV)/.installed
+	$(BIN)/python bench/relay_bench.py $(BENCH_ARGS)
