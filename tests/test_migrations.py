@@ -305,3 +305,12 @@ async def test_a_paas_url_with_sslmode_connects() -> None:
             assert (await connection.execute(text("SELECT 1"))).scalar_one() == 1
     finally:
         await engine.dispose()
+
+
+def test_the_head_constant_is_alembics_head() -> None:
+    """db.HEAD lets a started server skip loading Alembic; it must name the newest migration."""
+    from alembic.script import ScriptDirectory
+
+    from chatrelay.db import HEAD, alembic_config
+
+    assert ScriptDirectory.from_config(alembic_config()).get_current_head() == HEAD
