@@ -8,6 +8,7 @@ the log line of every reply live here, so tests drive them without HTTP.
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import logging
 import math
@@ -180,11 +181,16 @@ class ChatJob:
             )
             self._count_tokens(reply, end.usage if end else None)
             self._log_end(reply, end)
-            for finish in self.finishers:
-                try:
-                    await finish(reply)
-                except Exception:
-                    log.exception("finishing stream %s failed", self.stream_id)
+            # Shielded: a Stop or a disconnect arriving now must not cut the bookkeeping short
+            # (the reply unsaved, the conversation left locked, the quota unsettled).
+            await asyncio.shield(self._finish(reply))
+
+    async def _finish(self, reply: Reply) -> None:
+        for finish in self.finishers:
+            try:
+                await finish(reply)
+            except Exception:
+                log.exception("finishing stream %s failed", self.stream_id)
 
     def _count_tokens(self, reply: Reply, usage: Usage | None) -> None:
         """The upstream's counts, or an estimate (flagged) where it gave none."""

@@ -58,6 +58,7 @@ def usage_dict(usage: Usage | None) -> dict[str, int | None]:
 
 
 PING = b": ping\n\n"
+DONE_SUFFIX = b"data: [DONE]\n\n"  # how every stream's last frame ends
 
 
 def frame(seq: int, data: bytes, event: str | None = None) -> bytes:

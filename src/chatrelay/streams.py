@@ -28,7 +28,7 @@ from typing import TYPE_CHECKING
 
 from .errors import NotFound, ServerRestarting
 from .eventlogs import EventLog
-from .sse import cancelled_frames, seed_frames
+from .sse import DONE_SUFFIX, cancelled_frames, seed_frames
 
 if TYPE_CHECKING:
     from .chat import ChatJob
@@ -39,10 +39,11 @@ log = logging.getLogger("chatrelay.streams")
 class Generation:
     """A reply being generated on this instance."""
 
-    __slots__ = ("grace", "job", "readers", "task")
+    __slots__ = ("ended", "grace", "job", "readers", "task")
 
     def __init__(self, job: ChatJob) -> None:
         self.job = job
+        self.ended = False  # its last frame ([DONE]) is out; only bookkeeping remains
         self.readers = 0
         self.grace: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
@@ -91,6 +92,8 @@ class StreamHub:
                     async for frame in frames:
                         seq += 1
                         await self.events.append(stream_id, seq, frame)
+                        if frame.endswith(DONE_SUFFIX):
+                            generation.ended = True
             except asyncio.CancelledError:
                 # Stopped, abandoned by its readers, or the server is going away: the job has
                 # recorded why; the readers (and later resumes) get the matching end frames.
@@ -111,6 +114,8 @@ class StreamHub:
 
     def _cancel(self, generation: Generation, reason: str) -> None:
         task = generation.task
+        if generation.ended:
+            return  # the reply is complete; cancelling now would only lose its bookkeeping
         if task is not None and not task.done() and generation.job.cancel_reason is None:
             generation.job.cancel_reason = reason
             task.cancel()
@@ -183,6 +188,8 @@ class StreamHub:
         if info.finished:
             return "finished"
         generation = self._running.get(stream_id)
+        if generation is not None and generation.ended:
+            return "finished"
         if generation is not None:
             self._cancel(generation, "stopped")
             if generation.task is not None:

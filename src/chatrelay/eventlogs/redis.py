@@ -26,13 +26,12 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import RedisError, ResponseError
 
-from ..sse import cancelled_frames
+from ..sse import DONE_SUFFIX, cancelled_frames
 from . import StreamInfo
 from .memory import MemoryEventLog
 
 log = logging.getLogger("chatrelay.eventlogs.redis")
 
-DONE_SUFFIX = b"data: [DONE]\n\n"
 LEASE_MS = 3000
 RENEW_S = 1.0
 # A running stream's keys outlive any reply; finished ones expire after the configured TTL.
