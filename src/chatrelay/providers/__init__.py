@@ -11,30 +11,24 @@ __all__ = ["ChatParams", "Provider", "create_provider"]
 
 def create_provider(spec: ModelSpec, api_key: str | None, settings: Settings) -> Provider:
     """A provider (with its own client and connection pool) for one alias's upstream."""
-    # The relay enforces the first-token timeout itself; the SDK's read timeout must not fire
-    # before it.
-    read_timeout = max(settings.read_timeout_s, settings.first_token_timeout_s)
     if spec.provider == "mock":
         from .mock import MockProvider
 
         return MockProvider(delay_s=settings.mock_delay_s)
     assert api_key is not None
+    from .sdk import ClientOptions
+
+    options = ClientOptions(
+        connect_timeout=settings.connect_timeout_s,
+        # The relay enforces the first-token timeout itself; the SDK's read timeout must not
+        # fire before it.
+        read_timeout=max(settings.read_timeout_s, settings.first_token_timeout_s),
+        max_connections=settings.max_connections,
+    )
     if spec.provider == "anthropic":
         from .anthropic import AnthropicProvider
 
-        return AnthropicProvider.create(
-            api_key=api_key,
-            base_url=spec.base_url,
-            connect_timeout=settings.connect_timeout_s,
-            read_timeout=read_timeout,
-            max_connections=settings.max_connections,
-        )
+        return AnthropicProvider.create(api_key=api_key, base_url=spec.base_url, options=options)
     from .openai import OpenAIProvider
 
-    return OpenAIProvider.create(
-        api_key=api_key,
-        base_url=spec.base_url,
-        connect_timeout=settings.connect_timeout_s,
-        read_timeout=read_timeout,
-        max_connections=settings.max_connections,
-    )
+    return OpenAIProvider.create(api_key=api_key, base_url=spec.base_url, options=options)

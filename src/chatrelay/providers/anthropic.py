@@ -38,8 +38,8 @@ from ..errors import (
 )
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
+from .sdk import ClientOptions, connection_error, error_for_status, redact, transport_error
 from .sse_decoder import SSEDecoder
-from .upstream_errors import error_for_status, redact
 
 log = logging.getLogger("chatrelay.providers.anthropic")
 
@@ -115,27 +115,12 @@ class AnthropicProvider:
 
     @classmethod
     def create(
-        cls,
-        *,
-        api_key: str,
-        base_url: str | None,
-        connect_timeout: float,
-        read_timeout: float,
-        max_connections: int,
+        cls, *, api_key: str, base_url: str | None, options: ClientOptions
     ) -> AnthropicProvider:
-        http_client = anthropic.DefaultAsyncHttpxClient(
-            # The SDK's default pool (1,000 connections, 100 kept alive) would queue or
-            # reconnect under a thousand concurrent streams.
-            limits=httpx2.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
         client = anthropic.AsyncAnthropic(
             api_key=api_key,
             base_url=base_url,
-            max_retries=0,
-            timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
-            http_client=http_client,
+            **options.sdk_kwargs(anthropic.DefaultAsyncHttpxClient),
         )
         # The SDK warns about retiring models through `warnings` on every request; we tell the
         # client in the start frame instead (see `warnings()`).
@@ -207,14 +192,11 @@ class AnthropicProvider:
                             )
         except anthropic.APIStatusError as exc:
             raise map_status_error(exc, self._client.api_key) from None
-        except anthropic.APITimeoutError:
-            raise UpstreamTimeout("connect timeout", retryable=True) from None
         except anthropic.APIConnectionError as exc:
-            raise UpstreamFailed(f"connection failed: {exc.__cause__!r}", retryable=True) from None
-        except httpx2.TimeoutException:
-            raise UpstreamTimeout("the upstream stopped sending") from None
+            timed_out = isinstance(exc, anthropic.APITimeoutError)
+            raise connection_error(exc, timed_out) from None
         except httpx2.HTTPError as exc:
-            raise UpstreamFailed(f"stream broken: {exc!r}", retryable=True) from None
+            raise transport_error(exc) from None
         except orjson.JSONDecodeError as exc:
             raise UpstreamFailed(f"unparseable event: {exc}") from None
 

@@ -29,8 +29,8 @@ from ..errors import (
 )
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
+from .sdk import ClientOptions, connection_error, error_for_status, redact, transport_error
 from .sse_decoder import SSEDecoder
-from .upstream_errors import error_for_status, redact
 
 # OpenAI's finish reasons in the project's (Messages API) vocabulary.
 STOP_REASONS = {
@@ -109,25 +109,12 @@ class OpenAIProvider:
 
     @classmethod
     def create(
-        cls,
-        *,
-        api_key: str,
-        base_url: str | None,
-        connect_timeout: float,
-        read_timeout: float,
-        max_connections: int,
+        cls, *, api_key: str, base_url: str | None, options: ClientOptions
     ) -> OpenAIProvider:
-        http_client = openai.DefaultAsyncHttpxClient(
-            limits=httpx2.Limits(
-                max_connections=max_connections, max_keepalive_connections=max_connections
-            ),
-        )
         client = openai.AsyncOpenAI(
             api_key=api_key,
             base_url=base_url,
-            max_retries=0,
-            timeout=httpx2.Timeout(read_timeout, connect=connect_timeout),
-            http_client=http_client,
+            **options.sdk_kwargs(openai.DefaultAsyncHttpxClient),
         )
         return cls(client, official=base_url is None or "api.openai.com" in base_url)
 
@@ -202,14 +189,11 @@ class OpenAIProvider:
             raise error_for_status(
                 exc.status_code, detail, exc.response.headers, exc.request_id, self._secret
             ) from None
-        except openai.APITimeoutError:
-            raise UpstreamTimeout("connect timeout", retryable=True) from None
         except openai.APIConnectionError as exc:
-            raise UpstreamFailed(f"connection failed: {exc.__cause__!r}", retryable=True) from None
-        except httpx2.TimeoutException:
-            raise UpstreamTimeout("the upstream stopped sending") from None
+            timed_out = isinstance(exc, openai.APITimeoutError)
+            raise connection_error(exc, timed_out) from None
         except httpx2.HTTPError as exc:
-            raise UpstreamFailed(f"stream broken: {exc!r}", retryable=True) from None
+            raise transport_error(exc) from None
         except (orjson.JSONDecodeError, AttributeError, TypeError) as exc:
             raise UpstreamFailed(f"unparseable chunk: {exc!r}") from None
 

@@ -1,10 +1,15 @@
-"""Turning an upstream's HTTP status and headers into our `UpstreamError`s (any provider)."""
+"""What the SDK-based providers share: how their clients are set up, and how an upstream's
+HTTP statuses and transport failures become our `UpstreamError`s."""
 
 from __future__ import annotations
 
 import email.utils
 import time
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass
+from typing import Any
+
+import httpx2
 
 from ..errors import (
     UpstreamAuthError,
@@ -72,3 +77,42 @@ def error_for_status(
         retryable=kind.retryable or status in (408, 409) or status >= 500,
         request_id=request_id,
     )
+
+
+@dataclass(frozen=True, slots=True)
+class ClientOptions:
+    """Connection settings every SDK client gets."""
+
+    connect_timeout: float
+    read_timeout: float
+    max_connections: int
+
+    def sdk_kwargs(self, http_client: Callable[..., Any]) -> dict[str, Any]:
+        """Keyword arguments for an SDK client constructor."""
+        return {
+            # The relay retries (with a capped retry-after); the SDK must not as well.
+            "max_retries": 0,
+            "timeout": httpx2.Timeout(self.read_timeout, connect=self.connect_timeout),
+            # The SDKs' default pool (1,000 connections, 100 kept alive) would queue or
+            # reconnect under a thousand concurrent streams.
+            "http_client": http_client(
+                limits=httpx2.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                )
+            ),
+        }
+
+
+def connection_error(exc: Exception, timed_out: bool) -> UpstreamError:
+    """The SDK could not reach the upstream: worth another try."""
+    if timed_out:
+        return UpstreamTimeout("connect timeout", retryable=True)
+    return UpstreamFailed(f"connection failed: {exc.__cause__!r}", retryable=True)
+
+
+def transport_error(exc: httpx2.HTTPError) -> UpstreamError:
+    """The stream broke while being read (the SDKs raise httpx2's own errors here)."""
+    if isinstance(exc, httpx2.TimeoutException):
+        return UpstreamTimeout("the upstream stopped sending")
+    return UpstreamFailed(f"stream broken: {exc!r}", retryable=True)
