@@ -3,20 +3,19 @@
 from __future__ import annotations
 
 import asyncio
-import signal
-import socket
 import sys
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 import click
 import orjson
-import uvicorn
 from pydantic import ValidationError
 
 from .errors import ConfigError
-from .store import Store
-from .tables import Conversation
+
+if TYPE_CHECKING:  # the commands import what they use: `chatrelay chat` needs no database
+    from .store import Store
+    from .tables import Conversation
 
 T = TypeVar("T")
 
@@ -49,55 +48,16 @@ def serve(host: str | None, port: int | None) -> None:
         raise click.ClickException(f"invalid setting: {exc}") from None
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
-    config = uvicorn.Config(
-        app,
-        host=settings.host,
-        port=settings.port,
-        loop="uvloop",
-        http="httptools",
-        log_config=None,
-        access_log=False,
-        # Client addresses come from CHATRELAY_TRUSTED_PROXIES alone (auth.py), not from
-        # uvicorn's own X-Forwarded-For handling, which trusts 127.0.0.1 by default.
-        proxy_headers=False,
-        # Keep-alive must outlast the heartbeat-free gap between a client's requests.
-        timeout_keep_alive=30,
-        # A backstop only: streams are drained (and ended) before uvicorn waits for them.
-        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
-    )
-    # uvicorn re-raises the signal it caught once it has shut down; after a clean drain that
-    # would end the process "killed by SIGTERM" (exit 143), which supervisors read as a crash.
-    # It puts back the handler it found before re-raising: this one makes that an exit 0.
-    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
-    DrainingServer(config, app, settings.shutdown_grace_s).run()
+    from .server import run
 
-
-class DrainingServer(uvicorn.Server):
-    """uvicorn, draining the streams on shutdown before it waits for connections to close.
-
-    On SIGTERM: stop accepting connections, let running generations finish for the grace
-    period, end the rest with `server_restarting` (so their readers end cleanly and know to
-    resume or resend), then shut down as uvicorn does.
-    """
-
-    def __init__(self, config: uvicorn.Config, app: Any, grace_s: float) -> None:
-        super().__init__(config)
-        self._app = app
-        self._grace_s = grace_s
-
-    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        for server in self.servers:
-            server.close()  # no new connections while we drain
-        hub = getattr(self._app.state, "streams", None)
-        if hub is not None:
-            await hub.drain(self._grace_s)
-        await super().shutdown(sockets)
+    run(app, settings)
 
 
 def _run(coroutine_factory: Callable[[Store], Awaitable[T]]) -> T:
     """Run a command's work against the configured database (migrated first)."""
     from .db import create_engine, upgrade
     from .settings import Settings
+    from .store import Store
 
     async def work() -> T:
         settings = Settings()
@@ -266,6 +226,71 @@ def transcript(conversation: Conversation) -> str:
             reason = message.error_code or message.end_reason
             lines += [f"_(reply ended: {reason})_", ""]
     return "\n".join(lines)
+
+
+@main.command()
+@click.argument("prompt", nargs=-1)
+@click.option(
+    "--url",
+    envvar="CHATRELAY_URL",
+    default="http://127.0.0.1:8000",
+    show_default=True,
+    show_envvar=True,
+    help="The chatrelay server.",
+)
+@click.option(
+    "--key", envvar="CHATRELAY_KEY", show_envvar=True, help="API key or JWT (sent as Bearer)."
+)
+@click.option(
+    "-c", "--conversation", "conversation_id", metavar="ID", help="Continue this conversation."
+)
+@click.option("--model", help="A model alias of the server (default: its default).")
+@click.option("--system", help="A system prompt.")
+@click.option("--max-tokens", type=click.IntRange(1), help="Longest reply, in tokens.")
+@click.option(
+    "--param",
+    "params",
+    multiple=True,
+    metavar="FIELD=JSON",
+    help='Another request field, e.g. --param \'metadata={"mock":{"words":500}}\' (repeatable).',
+)
+@click.option(
+    "-i", "--interactive", is_flag=True, help="Prompt for messages, even when stdin is piped."
+)
+@click.option("-v", "--verbose", is_flag=True, help="Model, usage and conversation on stderr.")
+def chat(
+    prompt: tuple[str, ...],
+    url: str,
+    key: str | None,
+    conversation_id: str | None,
+    model: str | None,
+    system: str | None,
+    max_tokens: int | None,
+    params: tuple[str, ...],
+    interactive: bool,
+    verbose: bool,
+) -> None:
+    """Ask a question and stream the reply (or, with none, chat interactively).
+
+    The question is the arguments, or stdin when it is piped. Ctrl-C stops the reply on the
+    server and exits 130; in interactive mode it stops the reply and Ctrl-D quits.
+    """
+    from .terminal import run
+
+    sys.exit(
+        run(
+            prompt=prompt,
+            url=url,
+            key=key,
+            conversation_id=conversation_id,
+            model=model,
+            system=system,
+            max_tokens=max_tokens,
+            params=params,
+            interactive_mode=interactive,
+            verbose=verbose,
+        )
+    )
 
 
 if __name__ == "__main__":  # pragma: no cover

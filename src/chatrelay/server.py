@@ -1,0 +1,59 @@
+"""Running the app under uvicorn, with the streams drained on shutdown."""
+
+from __future__ import annotations
+
+import signal
+import socket
+import sys
+from typing import Any
+
+import uvicorn
+
+from .settings import Settings
+
+
+def run(app: Any, settings: Settings) -> None:
+    """Serve until SIGTERM/SIGINT; then drain and exit 0."""
+    config = uvicorn.Config(
+        app,
+        host=settings.host,
+        port=settings.port,
+        loop="uvloop",
+        http="httptools",
+        log_config=None,
+        access_log=False,
+        # Client addresses come from CHATRELAY_TRUSTED_PROXIES alone (auth.py), not from
+        # uvicorn's own X-Forwarded-For handling, which trusts 127.0.0.1 by default.
+        proxy_headers=False,
+        # Keep-alive must outlast the heartbeat-free gap between a client's requests.
+        timeout_keep_alive=30,
+        # A backstop only: streams are drained (and ended) before uvicorn waits for them.
+        timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
+    )
+    # uvicorn re-raises the signal it caught once it has shut down; after a clean drain that
+    # would end the process "killed by SIGTERM" (exit 143), which supervisors read as a crash.
+    # It puts back the handler it found before re-raising: this one makes that an exit 0.
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    DrainingServer(config, app, settings.shutdown_grace_s).run()
+
+
+class DrainingServer(uvicorn.Server):
+    """uvicorn, draining the streams on shutdown before it waits for connections to close.
+
+    On SIGTERM: stop accepting connections, let running generations finish for the grace
+    period, end the rest with `server_restarting` (so their readers end cleanly and know to
+    resume or resend), then shut down as uvicorn does.
+    """
+
+    def __init__(self, config: uvicorn.Config, app: Any, grace_s: float) -> None:
+        super().__init__(config)
+        self._app = app
+        self._grace_s = grace_s
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        for server in self.servers:
+            server.close()  # no new connections while we drain
+        hub = getattr(self._app.state, "streams", None)
+        if hub is not None:
+            await hub.drain(self._grace_s)
+        await super().shutdown(sockets)
