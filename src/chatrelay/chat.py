@@ -196,6 +196,7 @@ class ChatJob:
         """The upstream's counts, or an estimate (flagged) where it gave none."""
         reply.input_tokens = usage.input_tokens if usage else None
         reply.output_tokens = usage.output_tokens if usage else None
+        reply.usage_estimated = bool(usage and usage.estimated)
         if reply.input_tokens is None:
             chars = (
                 self.turn.input_chars

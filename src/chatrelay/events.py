@@ -25,6 +25,7 @@ class Usage:
 
     input_tokens: int | None = None
     output_tokens: int | None = None
+    estimated: bool = False  # counted by chatrelay from the text, not by the upstream
 
 
 @dataclass(slots=True, frozen=True)

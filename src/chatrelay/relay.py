@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -212,29 +213,42 @@ class Relay:
     async def _relay(self, opened: _Opened) -> AsyncGenerator[RelayEvent, None]:
         """Relay an opened reply to its end; no retries from here on."""
         stream, usage, attempts = opened.stream, opened.usage, opened.attempts
+        chars = 0  # of output relayed: a reply cut short is billed for at least that much
         try:
             first = opened.first
             if type(first) is Stop:
                 yield End(first.reason, usage, None, attempts)
                 return
+            chars += len(first.text)  # type: ignore[union-attr]
             yield first  # type: ignore[misc]
             async for event in stream:
                 kind = type(event)
                 if kind is TextDelta or kind is ThinkingDelta:
+                    chars += len(event.text)  # type: ignore[union-attr]
                     yield event  # type: ignore[misc]
                 elif kind is Usage:
                     usage = event  # type: ignore[assignment]
                 else:
                     yield End(event.reason, usage, None, attempts)  # type: ignore[union-attr]
                     return
-            yield End(None, usage, _truncated(), attempts)
+            yield End(None, _at_least(usage, chars), _truncated(), attempts)
         except UpstreamError as error:
-            yield End(None, usage, error, attempts)
+            yield End(None, _at_least(usage, chars), error, attempts)
         except Exception as error:
             log.exception("provider failed unexpectedly")
-            yield End(None, usage, _internal(error), attempts)
+            yield End(None, _at_least(usage, chars), _internal(error), attempts)
         finally:
             await stream.aclose()
+
+
+def _at_least(usage: Usage | None, chars: int) -> Usage:
+    """The usage of a reply that ended without the upstream's final count: what it reported
+    so far (often just its opening count), or an estimate of the text produced, if more."""
+    estimate = math.ceil(chars / 4)
+    reported = usage.output_tokens if usage else None
+    if reported is not None and reported >= estimate:
+        return usage  # type: ignore[return-value]
+    return Usage(usage.input_tokens if usage else None, estimate, estimated=True)
 
 
 def _end_span(span: Any, outcome: str, attempts: int | None = None) -> None:
