@@ -125,6 +125,7 @@ class ChatJob:
     conversations: Conversations | None = None
     # Why the reply was cut before its end, when it was: stopped, disconnected, server_restarting.
     cancel_reason: str | None = None
+    deltas: int = 0  # text and thinking pieces relayed so far
     # Run (in order) with the reply when it ends, however it ends: store it, settle quotas.
     finishers: list[Finisher] = field(default_factory=list)
     owner: str | None = None
@@ -139,7 +140,6 @@ class ChatJob:
         first_at: float | None = None
         text: list[str] = []
         thinking: list[str] = []
-        deltas = 0
         model = self.requested_model
         end: End | None = None
         try:
@@ -150,12 +150,12 @@ class ChatJob:
                         if first_at is None:
                             first_at = time.perf_counter()
                         text.append(event.text)  # type: ignore[union-attr]
-                        deltas += 1
+                        self.deltas += 1
                     elif kind is ThinkingDelta:
                         if first_at is None:
                             first_at = time.perf_counter()
                         thinking.append(event.text)  # type: ignore[union-attr]
-                        deltas += 1
+                        self.deltas += 1
                     elif kind is Answering:
                         model = event.target.spec.alias  # type: ignore[union-attr]
                     else:
@@ -177,7 +177,6 @@ class ChatJob:
                 ttft_ms=round((first_at - started) * 1000) if first_at else None,
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 thinking="".join(thinking) or None,
-                deltas=deltas,
             )
             self._count_tokens(reply, end.usage if end else None)
             self._log_end(reply, end)
@@ -227,7 +226,7 @@ class ChatJob:
                 "attempts": end.attempts if end else None,
                 "ttft_ms": reply.ttft_ms,
                 "duration_ms": reply.duration_ms,
-                "deltas": reply.deltas,
+                "deltas": self.deltas,
                 "input_tokens": reply.input_tokens,
                 "output_tokens": reply.output_tokens,
                 "usage_estimated": reply.usage_estimated,
@@ -334,7 +333,7 @@ class ChatService:
             owner=principal.id,
         )
         if self.metrics is not None:
-            job.finishers.append(self._observe)
+            job.finishers.append(lambda reply: self._observe(reply, job))
         admission = await self._admit(principal, params, job.stream_id)
         try:
             if persist and self.conversations is not None:
@@ -361,13 +360,13 @@ class ChatService:
             )
         return job
 
-    async def _observe(self, reply: Reply) -> None:
+    async def _observe(self, reply: Reply, job: ChatJob) -> None:
         assert self.metrics is not None
         self.metrics.reply(
             reply.model or "unknown",
             reply.end_reason,
             reply.error_code,
-            reply.deltas,
+            job.deltas,
             reply.ttft_ms / 1000 if reply.ttft_ms is not None else None,
             (reply.duration_ms or 0) / 1000,
             reply.input_tokens,

@@ -51,7 +51,6 @@ class Reply:
     ttft_ms: int | None = None
     duration_ms: int | None = None
     thinking: str | None = None
-    deltas: int = 0  # not stored: for metrics and the log line
 
 
 @dataclass(slots=True)
