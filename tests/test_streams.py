@@ -316,9 +316,22 @@ async def test_draining_ends_running_streams_with_server_restarting(
         await asyncio.sleep(0.2)
         await app.state.streams.drain(0.1)
         events = await reading
-        refused = await client.post(f"{url}/ai/stream/chat", json=LONG)
+        refused = await client.post(
+            f"{url}/ai/stream/chat", json={**LONG, "conversation_id": "during-drain"}
+        )
+        # The refused turn is recorded as failed and leaves its conversation usable.
+        later = await client.post(
+            f"{url}/ai/chat", json={**LONG, "conversation_id": "during-drain"}
+        )
+        stored = (await client.get(f"{url}/conversations/during-drain")).json()
     errors = [json.loads(e.data) for e in events if e.data.startswith('{"error"')]
     assert [e["code"] for e in errors] == ["server_restarting"]
     assert events[-1].data == "[DONE]"
     assert refused.status_code == 503
     assert refused.json()["error"]["code"] == "server_restarting"
+    assert later.status_code == 200
+    replies = [m for m in stored["messages"] if m["role"] == "assistant"]
+    assert [(m["end_reason"], m["error_code"]) for m in replies] == [
+        ("error", "server_restarting"),
+        ("completed", None),
+    ]

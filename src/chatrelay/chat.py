@@ -184,6 +184,20 @@ class ChatJob:
             # (the reply unsaved, the conversation left locked, the quota unsettled).
             await asyncio.shield(self._finish(reply))
 
+    async def abandon(self, error: ChatRelayError) -> None:
+        """End a job that will never run (e.g. refused while the server drains): its
+        conversation gets the failed turn and is unlocked, its reservation is given back."""
+        reply = Reply(
+            content="",
+            model=self.requested_model,
+            stream_id=self.stream_id,
+            end_reason="error",
+            error_code=error.code,
+            input_tokens=0,
+            output_tokens=0,
+        )
+        await self._finish(reply)
+
     async def _finish(self, reply: Reply) -> None:
         for finish in self.finishers:
             try:

@@ -152,6 +152,3 @@ class Conversations:
             await self.store.end_turn(turn.conversation_id, reply)
         except Exception:
             log.exception("could not store the reply of stream %s", reply.stream_id)
-
-    async def abandon(self, turn: Turn, stream_id: str) -> None:
-        await self.store.release(turn.conversation_id, stream_id)

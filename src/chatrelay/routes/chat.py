@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse
 
 from ..bodies import read_body
 from ..chat import ChatJob, ChatService, complete
-from ..errors import FieldProblem, InvalidField
+from ..errors import ChatRelayError, FieldProblem, InvalidField
 from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest, parse_chat_request
@@ -61,7 +61,11 @@ async def stream_chat(request: Request) -> EventStreamResponse:
             return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
     try:
         job = await service.start(chat, principal, stream_id=stream_id)
-        frames = await hub.open(job, principal.id)
+        try:
+            frames = await hub.open(job, principal.id)
+        except ChatRelayError as exc:
+            await job.abandon(exc)  # no generation will record this turn: end it here
+            raise
     except BaseException:
         if key is not None:
             await hub.events.forget_claim(principal.id, key)
