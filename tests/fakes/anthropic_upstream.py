@@ -584,6 +584,9 @@ class _Conn(asyncio.Protocol):
 class FakeAnthropic:
     """A loopback HTTP/1.1 server speaking the Anthropic Messages streaming wire format."""
 
+    # Requests to any other path get a 404 (a subclass serves another API).
+    path_suffix = "/v1/messages"
+
     def __init__(
         self,
         host: str = "127.0.0.1",
@@ -764,7 +767,7 @@ class FakeAnthropic:
         self.requests.append(rec)
         if self._keep is not None and len(self.requests) > 2 * self._keep:
             del self.requests[: len(self.requests) - self._keep]
-        if method != "POST" or not path.endswith("/v1/messages"):
+        if method != "POST" or not path.endswith(self.path_suffix):
             conn._reject(rec, 404, f"Not found: {method} {path}", "not_found")
             return
         if bad_json:

@@ -52,7 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import json
 import signal
 import sys
 import time
@@ -397,6 +396,8 @@ class FakeOpenAI(FakeAnthropic):
     ``connections_opened``, ``requests_received``. Only ``base_url`` differs: it ends in ``/v1``.
     """
 
+    path_suffix = "/chat/completions"
+
     default: OpenAIScenario  # type: ignore[assignment]
 
     def __init__(
@@ -478,46 +479,6 @@ class FakeOpenAI(FakeAnthropic):
     @staticmethod
     def _completion_tokens(sc: OpenAIScenario) -> int:
         return len(sc.deltas) if sc.completion_tokens is None else sc.completion_tokens
-
-    def _handle(
-        self, conn: _Conn, method: str, target: str, headers: dict[str, str], raw: bytes
-    ) -> None:
-        self._n_requests += 1
-        path = target.split("?", 1)[0]
-        body: dict[str, Any] = {}
-        bad_json = False
-        if raw:
-            try:
-                parsed = json.loads(raw)
-                if isinstance(parsed, dict):
-                    body = parsed
-                else:
-                    bad_json = True
-            except ValueError:
-                bad_json = True
-        rec = RecordedRequest(
-            method=method,
-            path=target,
-            headers=headers,
-            body=body,
-            received_at=time.monotonic(),
-            request_id=f"req_fake_{self._n_requests}",
-            connection_id=conn._id,
-            _loop=self._loop,
-        )
-        self.requests_received = self._n_requests
-        self.requests.append(rec)
-        if self._keep is not None and len(self.requests) > 2 * self._keep:
-            del self.requests[: len(self.requests) - self._keep]
-        if method != "POST" or not path.endswith("/chat/completions"):
-            conn._reject(rec, 404, f"Not found: {method} {path}", "not_found")
-            return
-        if bad_json:
-            conn._reject(rec, 400, "request body is not a JSON object", "bad_request")
-            return
-        sc = cast(OpenAIScenario, self._queue.popleft() if self._queue else self.default)
-        rec.scenario = cast(Any, sc)
-        conn._begin(rec, cast(Any, sc))
 
 
 # --------------------------------------------------------------------------------------------
