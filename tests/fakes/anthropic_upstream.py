@@ -802,6 +802,20 @@ def _raise_nofile_limit() -> None:
         pass
 
 
+async def serve_until_signalled(fake: FakeAnthropic) -> None:
+    """Serve until SIGINT/SIGTERM (the standalone entry points of the fakes)."""
+    await fake.start()
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        with contextlib.suppress(NotImplementedError):
+            loop.add_signal_handler(sig, stop.set)
+    print(f"{type(fake).__name__} listening on {fake.base_url}", flush=True)
+    await stop.wait()
+    await fake.stop()
+    print(f"served {fake.requests_received} requests", file=sys.stderr, flush=True)
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description="Fake Anthropic Messages streaming upstream")
     p.add_argument("--host", default="127.0.0.1")
@@ -824,20 +838,9 @@ def main(argv: list[str] | None = None) -> None:
         status=args.status,
     )
 
-    async def run() -> None:
-        fake = FakeAnthropic(args.host, args.port, default, keep_requests=1000)
-        await fake.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        print(f"fake anthropic listening on {fake.base_url}", flush=True)
-        await stop.wait()
-        await fake.stop()
-        print(f"served {fake.requests_received} requests", file=sys.stderr, flush=True)
-
-    asyncio.run(run())
+    asyncio.run(
+        serve_until_signalled(FakeAnthropic(args.host, args.port, default, keep_requests=1000))
+    )
 
 
 if __name__ == "__main__":

@@ -52,8 +52,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import contextlib
-import signal
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -69,6 +67,7 @@ from tests.fakes.anthropic_upstream import (
     _head,
     _raise_nofile_limit,
     make_deltas,
+    serve_until_signalled,
 )
 
 __all__ = [
@@ -508,20 +507,9 @@ def main(argv: list[str] | None = None) -> None:
         style=args.style,
     )
 
-    async def run() -> None:
-        fake = FakeOpenAI(args.host, args.port, default, keep_requests=1000)
-        await fake.start()
-        stop = asyncio.Event()
-        loop = asyncio.get_running_loop()
-        for sig in (signal.SIGINT, signal.SIGTERM):
-            with contextlib.suppress(NotImplementedError):
-                loop.add_signal_handler(sig, stop.set)
-        print(f"fake openai listening on {fake.base_url}", flush=True)
-        await stop.wait()
-        await fake.stop()
-        print(f"served {fake.requests_received} requests", file=sys.stderr, flush=True)
-
-    asyncio.run(run())
+    asyncio.run(
+        serve_until_signalled(FakeOpenAI(args.host, args.port, default, keep_requests=1000))
+    )
 
 
 if __name__ == "__main__":
