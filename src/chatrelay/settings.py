@@ -57,6 +57,11 @@ class Settings(BaseSettings):
         "auto", validation_alias="CHATRELAY_SEND_TEMPERATURE"
     )
     max_connections: int = Field(2000, ge=1, validation_alias="CHATRELAY_UPSTREAM_MAX_CONNECTIONS")
+    # `relay`: our lean HTTP/1.1 transport under the SDKs (providers/transport.py); `httpx`:
+    # the SDKs' default one (proxies, HTTP/2). A configured proxy always selects `httpx`.
+    upstream_transport: Literal["relay", "httpx"] = Field(
+        "relay", validation_alias="CHATRELAY_UPSTREAM_TRANSPORT"
+    )
 
     # --- storage ---------------------------------------------------------------------------
     database_url: str = Field(DEFAULT_DATABASE_URL, validation_alias="DATABASE_URL")

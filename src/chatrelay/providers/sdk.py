@@ -4,6 +4,7 @@ HTTP statuses and transport failures become our `UpstreamError`s."""
 from __future__ import annotations
 
 import email.utils
+import os
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -86,22 +87,36 @@ class ClientOptions:
     connect_timeout: float
     read_timeout: float
     max_connections: int
+    transport: str = "relay"
 
     def sdk_kwargs(self, http_client: Callable[..., Any]) -> dict[str, Any]:
         """Keyword arguments for an SDK client constructor."""
+        client_kwargs: dict[str, Any]
+        if self.transport == "relay" and not proxy_configured():
+            from .transport import RelayTransport
+
+            client_kwargs = {"transport": RelayTransport(max_connections=self.max_connections)}
+        else:
+            # The SDKs' default pool (1,000 connections, 100 kept alive) would queue or
+            # reconnect under a thousand concurrent streams.
+            client_kwargs = {
+                "limits": httpx2.Limits(
+                    max_connections=self.max_connections,
+                    max_keepalive_connections=self.max_connections,
+                )
+            }
         return {
             # The relay retries (with a capped retry-after); the SDK must not as well.
             "max_retries": 0,
             "timeout": httpx2.Timeout(self.read_timeout, connect=self.connect_timeout),
-            # The SDKs' default pool (1,000 connections, 100 kept alive) would queue or
-            # reconnect under a thousand concurrent streams.
-            "http_client": http_client(
-                limits=httpx2.Limits(
-                    max_connections=self.max_connections,
-                    max_keepalive_connections=self.max_connections,
-                )
-            ),
+            "http_client": http_client(**client_kwargs),
         }
+
+
+def proxy_configured() -> bool:
+    """Whether the environment names an HTTP proxy (only the `httpx` transport speaks them)."""
+    names = ("https_proxy", "http_proxy", "all_proxy")
+    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in names)
 
 
 def connection_error(exc: Exception, timed_out: bool) -> UpstreamError:

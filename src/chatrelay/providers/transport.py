@@ -1,0 +1,398 @@
+"""The HTTP/1.1 transport the SDK clients send through: asyncio protocols and httptools.
+
+The SDKs stay the upstream clients (they build, authenticate and send every request and raise
+their status errors); this is only the `httpx2` transport under them, the documented place to
+swap how bytes move. It exists because the default one (httpcore2 -> h11 -> anyio) spends more
+CPU on each streamed chunk than everything else the relay does with it: anyio arms and cancels
+a timeout scope around every socket read, h11 re-validates each chunk, and four generator
+layers sit between the socket and the SDK (docs/BENCHMARKS.md has the profile and the gain).
+
+Here a chunk is one `data_received` call feeding httptools (the C parser uvicorn also uses)
+and waking the reader; the read timeout is one timer per connection, re-armed only when it
+fires. Failures are raised as the `httpx2` exceptions the SDKs already map (connect errors and
+timeouts, read timeouts, protocol errors), so everything above behaves as with the default.
+
+Not supported, by design: proxies, HTTP/2 and request bodies that are not sent in one piece up
+front. `transport_for()` picks the default `httpx2` transport when a proxy is configured or
+`CHATRELAY_UPSTREAM_TRANSPORT=httpx`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ssl
+from collections import deque
+from collections.abc import AsyncIterator
+from typing import Any, cast
+
+import httptools
+import httpx2
+
+# Reading pauses when a consumer falls this far behind, so a slow reader holds memory, not
+# an unbounded queue.
+_HIGH_WATER = 256 * 1024
+_LOW_WATER = 64 * 1024
+
+
+class _Connection(asyncio.Protocol):
+    """One upstream HTTP/1.1 connection, serving one request at a time."""
+
+    def __init__(self, loop: asyncio.AbstractEventLoop) -> None:
+        self.loop = loop
+        self.transport: asyncio.Transport | None = None
+        self.closed = False
+        self.idle_since = 0.0
+        self._parser: httptools.HttpResponseParser | None = None
+        self._headers: list[tuple[bytes, bytes]] = []
+        self._reason = b""
+        self._head: asyncio.Future[None] | None = None
+        self._chunks: deque[bytes] = deque()
+        self._buffered = 0
+        self._paused = False
+        self._complete = False
+        self._error: Exception | None = None
+        self._waiter: asyncio.Future[None] | None = None
+        self._read_timeout: float | None = None
+        self._last_read = 0.0
+        self._timer: asyncio.TimerHandle | None = None
+        self._until_close = False
+
+    # -- asyncio.Protocol --------------------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        # uvloop's transports implement asyncio.Transport without subclassing it.
+        self.transport = cast(asyncio.Transport, transport)
+
+    def data_received(self, data: bytes) -> None:
+        self._last_read = self.loop.time()
+        parser = self._parser
+        if parser is None:  # bytes nobody asked for: the connection can't be trusted
+            self._fail(httpx2.RemoteProtocolError("unexpected data from the upstream"))
+            return
+        try:
+            parser.feed_data(data)
+        except httptools.HttpParserError as exc:
+            self._fail(httpx2.RemoteProtocolError(f"malformed response from the upstream: {exc}"))
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self._parser is None or self._complete:
+            return
+        if self._until_close and self._head is not None and self._head.done():
+            self._finish()  # a body without a length ends where the connection does
+            return
+        self._fail(
+            httpx2.RemoteProtocolError(
+                "the upstream closed the connection before the response was complete"
+            )
+        )
+
+    def pause_writing(self) -> None:  # pragma: no cover - requests are small
+        pass
+
+    def resume_writing(self) -> None:  # pragma: no cover
+        pass
+
+    # -- httptools callbacks -------------------------------------------------------------
+
+    def on_status(self, status: bytes) -> None:
+        self._reason += status
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._headers.append((name, value))
+
+    def on_headers_complete(self) -> None:
+        assert self._parser is not None
+        if 100 <= self._parser.get_status_code() < 200:  # interim: wait for the real one
+            self._headers = []
+            self._reason = b""
+            return
+        names = {name.lower() for name, _ in self._headers}
+        self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+
+    def on_body(self, body: bytes) -> None:
+        self._chunks.append(body)
+        self._buffered += len(body)
+        if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
+            self._paused = True
+            self.transport.pause_reading()
+        self._wake()
+
+    def on_message_complete(self) -> None:
+        assert self._parser is not None
+        if 100 <= self._parser.get_status_code() < 200:
+            return
+        self._finish()
+
+    # -- the request ---------------------------------------------------------------------
+
+    async def send(self, request: httpx2.Request, body: bytes, read_timeout: float | None) -> None:
+        """Write the request and wait for the response head."""
+        assert self.transport is not None
+        self._parser = httptools.HttpResponseParser(self)
+        self._headers = []
+        self._reason = b""
+        self._chunks.clear()
+        self._buffered = 0
+        self._complete = False
+        self._error = None
+        self._until_close = False
+        self._read_timeout = read_timeout
+        self._head = self.loop.create_future()
+        url = request.url
+        target = url.raw_path
+        lines = [request.method.encode("ascii"), b" ", target, b" HTTP/1.1\r\n"]
+        for name, value in request.headers.raw:
+            lines += [name, b": ", value, b"\r\n"]
+        lines.append(b"\r\n")
+        lines.append(body)
+        self._last_read = self.loop.time()
+        self.transport.write(b"".join(lines))
+        self._arm_timer()
+        await self._head
+        if self._error is not None:
+            raise self._error
+
+    def response_headers(self) -> list[tuple[bytes, bytes]]:
+        return self._headers
+
+    def extensions(self) -> dict[str, Any]:
+        assert self._parser is not None
+        return {
+            "http_version": b"HTTP/" + self._parser.get_http_version().encode("ascii"),
+            "reason_phrase": self._reason,
+        }
+
+    def status_code(self) -> int:
+        assert self._parser is not None
+        return int(self._parser.get_status_code())
+
+    async def body(self) -> AsyncIterator[bytes]:
+        chunks = self._chunks
+        while True:
+            if chunks:
+                data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
+                chunks.clear()
+                self._buffered = 0
+                if self._paused and self.transport is not None:
+                    self._paused = False
+                    self.transport.resume_reading()
+                yield data
+                continue
+            if self._error is not None:
+                raise self._error
+            if self._complete:
+                return
+            self._waiter = self.loop.create_future()
+            try:
+                await self._waiter
+            finally:
+                self._waiter = None
+
+    @property
+    def reusable(self) -> bool:
+        return (
+            self._complete
+            and not self.closed
+            and not self._chunks
+            and self._parser is not None
+            and self._parser.should_keep_alive()
+        )
+
+    def release(self) -> None:
+        """The response is done with: forget it (the pool decides whether to keep us)."""
+        self._cancel_timer()
+        self._parser = None
+        self._head = None
+        self._chunks.clear()
+        self.idle_since = self.loop.time()
+
+    def close(self) -> None:
+        self.closed = True
+        self._cancel_timer()
+        if self.transport is not None:
+            self.transport.close()
+
+    # -- internals ---------------------------------------------------------------------
+
+    def _wake(self) -> None:
+        waiter = self._waiter
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+
+    def _finish(self) -> None:
+        self._complete = True
+        self._cancel_timer()
+        self._wake()
+
+    def _fail(self, error: Exception) -> None:
+        if self._error is None:
+            self._error = error
+        self._cancel_timer()
+        if self._head is not None and not self._head.done():
+            self._head.set_result(None)
+        self._wake()
+        if self.transport is not None:
+            self.transport.close()
+        self.closed = True
+
+    def _arm_timer(self) -> None:
+        if self._read_timeout is not None and self._timer is None:
+            self._timer = self.loop.call_at(self._last_read + self._read_timeout, self._on_timer)
+
+    def _cancel_timer(self) -> None:
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+
+    def _on_timer(self) -> None:
+        # One timer per response, re-armed from the last read only when it fires: a chunk
+        # costs a clock read, not a timer.
+        self._timer = None
+        if self._complete or self._error is not None or self._read_timeout is None:
+            return
+        due = self._last_read + self._read_timeout
+        if self.loop.time() >= due:
+            self._fail(httpx2.ReadTimeout("the upstream sent nothing within the read timeout"))
+        else:
+            self._timer = self.loop.call_at(due, self._on_timer)
+
+
+class _ResponseStream(httpx2.AsyncByteStream):
+    def __init__(self, pool: RelayTransport, key: tuple[str, str, int], conn: _Connection):
+        self._pool = pool
+        self._key = key
+        self._conn: _Connection | None = conn
+
+    async def __aiter__(self) -> AsyncIterator[bytes]:
+        conn = self._conn
+        if conn is None:
+            raise httpx2.StreamClosed()
+        async for chunk in conn.body():
+            yield chunk
+
+    async def aclose(self) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            self._pool.give_back(self._key, conn)
+
+
+class RelayTransport(httpx2.AsyncBaseTransport):
+    """A keep-alive pool of `_Connection`s per origin, with a cap on open connections."""
+
+    def __init__(
+        self,
+        *,
+        max_connections: int,
+        keepalive_expiry: float = 5.0,
+        ssl_context: ssl.SSLContext | None = None,
+    ) -> None:
+        self._ssl = ssl_context
+        self._keepalive_expiry = keepalive_expiry
+        self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
+        self._slots = asyncio.Semaphore(max_connections)
+        self._open: set[_Connection] = set()
+
+    async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
+        url = request.url
+        scheme = url.scheme
+        if scheme not in ("http", "https"):
+            raise httpx2.UnsupportedProtocol(f"unsupported URL scheme {scheme!r}")
+        port = url.port or (443 if scheme == "https" else 80)
+        key = (scheme, url.host, port)
+        timeouts = request.extensions.get("timeout") or {}
+        body = await request.aread()
+        if body and b"content-length" not in (name.lower() for name, _ in request.headers.raw):
+            request.headers["content-length"] = str(len(body))
+            if "transfer-encoding" in request.headers:
+                del request.headers["transfer-encoding"]
+        conn = self._reuse(key)
+        fresh = conn is None
+        if conn is None:
+            conn = await self._connect(key, timeouts.get("connect"))
+        try:
+            await conn.send(request, body, timeouts.get("read"))
+        except httpx2.RemoteProtocolError:
+            self._drop(conn)
+            if fresh:
+                raise
+            # A kept-alive connection the upstream closed meanwhile: one fresh try, as the
+            # default transport does.
+            conn = await self._connect(key, timeouts.get("connect"))
+            try:
+                await conn.send(request, body, timeouts.get("read"))
+            except BaseException:
+                self._drop(conn)
+                raise
+        except BaseException:
+            self._drop(conn)
+            raise
+        return httpx2.Response(
+            status_code=conn.status_code(),
+            headers=conn.response_headers(),
+            stream=_ResponseStream(self, key, conn),
+            extensions=conn.extensions(),
+        )
+
+    def _reuse(self, key: tuple[str, str, int]) -> _Connection | None:
+        idle = self._idle.get(key)
+        if not idle:
+            return None
+        now = asyncio.get_running_loop().time()
+        while idle:
+            conn = idle.pop()
+            if not conn.closed and now - conn.idle_since < self._keepalive_expiry:
+                return conn
+            self._drop(conn)
+        return None
+
+    async def _connect(self, key: tuple[str, str, int], timeout: float | None) -> _Connection:
+        scheme, host, port = key
+        loop = asyncio.get_running_loop()
+        await self._slots.acquire()
+        try:
+            ssl_context: ssl.SSLContext | None = None
+            if scheme == "https":
+                ssl_context = self._ssl or httpx2.create_ssl_context()
+                self._ssl = ssl_context
+            async with asyncio.timeout(timeout):
+                _, conn = await loop.create_connection(
+                    lambda: _Connection(loop),
+                    host,
+                    port,
+                    ssl=ssl_context,
+                    server_hostname=host if ssl_context is not None else None,
+                )
+        except TimeoutError:
+            self._slots.release()
+            raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+        except OSError as exc:
+            self._slots.release()
+            raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
+        except BaseException:
+            self._slots.release()
+            raise
+        self._open.add(conn)
+        return conn
+
+    def give_back(self, key: tuple[str, str, int], conn: _Connection) -> None:
+        if conn.reusable:
+            conn.release()
+            self._idle.setdefault(key, []).append(conn)
+        else:
+            self._drop(conn)
+
+    def _drop(self, conn: _Connection) -> None:
+        conn.release()
+        conn.close()
+        if conn in self._open:
+            self._open.discard(conn)
+            self._slots.release()
+
+    async def aclose(self) -> None:
+        for conn in list(self._open):
+            self._drop(conn)
+        self._idle.clear()
