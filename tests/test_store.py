@@ -236,6 +236,59 @@ async def test_end_turn_stores_every_reply_field_and_keeps_seq_contiguous(store:
     assert stored.updated_at == stored.messages[-1].created_at
 
 
+async def test_replies_ending_together_are_all_stored_each_in_its_own_conversation(
+    store: Store,
+) -> None:
+    """Replies that end at the same moment share a transaction; none is lost or mixed up."""
+    for n in range(40):
+        await start(store, f"c{n}", stream_id=f"s{n}", messages=[user(f"q{n}")])
+    await asyncio.gather(
+        *(
+            store.end_turn(f"c{n}", reply(f"s{n}", f"answer {n}", output_tokens=n))
+            for n in range(40)
+        )
+    )
+    for n in range(40):
+        stored = await conversation(store, f"c{n}")
+        assert [(m.seq, m.role, m.content) for m in stored.messages] == [
+            (0, "user", f"q{n}"),
+            (1, "assistant", f"answer {n}"),
+        ]
+        assert stored.messages[1].output_tokens == n
+        assert stored.locked_by is None
+
+
+async def test_a_reply_that_cannot_be_stored_fails_alone(store: Store) -> None:
+    """A reply whose conversation was deleted meanwhile does not take the others down with it."""
+    for n in range(3):
+        await start(store, f"c{n}", stream_id=f"s{n}", messages=[user(f"q{n}")])
+    assert await store.delete("c1", None)
+    results = await asyncio.gather(
+        *(store.end_turn(f"c{n}", reply(f"s{n}", f"answer {n}")) for n in range(3)),
+        return_exceptions=True,
+    )
+    assert results[0] is None and results[2] is None
+    assert isinstance(results[1], Exception)  # the foreign key refuses it (both databases)
+    for n in (0, 2):
+        stored = await conversation(store, f"c{n}")
+        assert [m.content for m in stored.messages] == [f"q{n}", f"answer {n}"]
+        assert stored.locked_by is None
+
+
+async def test_a_cancelled_caller_does_not_cancel_the_write_of_its_reply(store: Store) -> None:
+    """A stream torn down while its reply is being written still gets the reply stored."""
+    await start(store, "c1", stream_id="s1", messages=[user("q")])
+    writing = asyncio.ensure_future(store.end_turn("c1", reply("s1", "kept")))
+    await asyncio.sleep(0)
+    writing.cancel()
+    for _ in range(200):
+        if (await conversation(store, "c1")).locked_by is None:
+            break
+        await asyncio.sleep(0.01)
+    stored = await conversation(store, "c1")
+    assert [m.content for m in stored.messages] == ["q", "kept"]
+
+
 # -- ownership --------------------------------------------------------------------------------
 
 

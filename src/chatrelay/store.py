@@ -6,6 +6,7 @@ conversation of another owner is, to the caller, a conversation that does not ex
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import re
 import uuid
@@ -14,7 +15,20 @@ from datetime import UTC, datetime, timedelta
 from typing import Any
 
 import orjson
-from sqlalchemy import Integer, Select, and_, cast, delete, func, or_, select, update
+from sqlalchemy import (
+    Integer,
+    Select,
+    Table,
+    and_,
+    bindparam,
+    cast,
+    delete,
+    func,
+    insert,
+    or_,
+    select,
+    update,
+)
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -66,6 +80,7 @@ class Store:
         self.engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
         self._lock_timeout = timedelta(seconds=lock_timeout_s)
+        self._replies = _ReplyWriter(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -165,86 +180,66 @@ class Store:
         stream holds a lock younger than the lock timeout.
         """
         stamp = now()
-        async with self._session.begin() as session:
+        # Core statements, not the ORM: this runs once per stream, before its first token,
+        # and the unit of work cost several times the queries themselves.
+        async with self.engine.begin() as connection:
             if create:
-                session.add(
-                    Conversation(
-                        id=conversation_id,
-                        owner=owner,
-                        title=title,
-                        model=model,
-                        meta={},
-                        created_at=stamp,
-                        updated_at=stamp,
-                        locked_by=stream_id,
-                        locked_at=stamp,
-                    )
-                )
                 try:
-                    await session.flush()
+                    await connection.execute(
+                        insert(_CONVERSATIONS),
+                        {
+                            "id": conversation_id,
+                            "owner": owner,
+                            "title": title,
+                            "model": model,
+                            "metadata": {},
+                            "created_at": stamp,
+                            "updated_at": stamp,
+                            "locked_by": stream_id,
+                            "locked_at": stamp,
+                        },
+                    )
                 except IntegrityError:
                     raise ConversationBusy(conversation_id) from None
+                seq = 0
             else:
                 stale = stamp - self._lock_timeout
-                locked = await session.execute(
-                    update(Conversation)
+                locked = await connection.execute(
+                    update(_CONVERSATIONS)
                     .where(
-                        Conversation.id == conversation_id,
-                        Conversation.owner == owner,
-                        or_(Conversation.locked_by.is_(None), Conversation.locked_at < stale),
+                        _CONVERSATIONS.c.id == conversation_id,
+                        _CONVERSATIONS.c.owner == owner,
+                        or_(
+                            _CONVERSATIONS.c.locked_by.is_(None),
+                            _CONVERSATIONS.c.locked_at < stale,
+                        ),
                     )
                     .values(locked_by=stream_id, locked_at=stamp, updated_at=stamp, model=model)
                 )
-                if locked.rowcount != 1:  # type: ignore[attr-defined]
+                if locked.rowcount != 1:
                     raise ConversationBusy(conversation_id)
-            seq = await self._next_seq(session, conversation_id)
-            for offset, message in enumerate(new_messages):
-                session.add(
-                    Message(
-                        id=new_id(),
-                        conversation_id=conversation_id,
-                        seq=seq + offset,
-                        role=message["role"],
-                        content=message["content"],
-                        stream_id=stream_id,
-                        usage_estimated=False,
-                        created_at=stamp,
-                    )
+                seq = int((await connection.execute(_next_seq(conversation_id))).scalar_one())
+            if new_messages:
+                await connection.execute(
+                    insert(_MESSAGES),
+                    [
+                        {
+                            "id": new_id(),
+                            "conversation_id": conversation_id,
+                            "seq": seq + offset,
+                            "role": message["role"],
+                            "content": message["content"],
+                            "stream_id": stream_id,
+                            "usage_estimated": False,
+                            "created_at": stamp,
+                        }
+                        for offset, message in enumerate(new_messages)
+                    ],
                 )
 
     async def end_turn(self, conversation_id: str, reply: Reply) -> None:
         """Store the assistant's reply (complete or not) and release the lock."""
-        stamp = now()
-        async with self._session.begin() as session:
-            seq = await self._next_seq(session, conversation_id)
-            session.add(
-                Message(
-                    id=new_id(),
-                    conversation_id=conversation_id,
-                    seq=seq,
-                    role="assistant",
-                    content=reply.content,
-                    model=reply.model,
-                    stream_id=reply.stream_id,
-                    end_reason=reply.end_reason,
-                    stop_reason=reply.stop_reason,
-                    error_code=reply.error_code,
-                    input_tokens=reply.input_tokens,
-                    output_tokens=reply.output_tokens,
-                    usage_estimated=reply.usage_estimated,
-                    ttft_ms=reply.ttft_ms,
-                    duration_ms=reply.duration_ms,
-                    thinking=reply.thinking,
-                    created_at=stamp,
-                )
-            )
-            await session.execute(
-                update(Conversation)
-                .where(
-                    Conversation.id == conversation_id, Conversation.locked_by == reply.stream_id
-                )
-                .values(locked_by=None, locked_at=None, updated_at=stamp)
-            )
+        await self._replies.write(conversation_id, reply)
 
     async def release(self, conversation_id: str, stream_id: str) -> None:
         """Release the lock without a reply (the turn never reached a provider)."""
@@ -254,12 +249,6 @@ class Store:
                 .where(Conversation.id == conversation_id, Conversation.locked_by == stream_id)
                 .values(locked_by=None, locked_at=None)
             )
-
-    async def _next_seq(self, session: AsyncSession, conversation_id: str) -> int:
-        query = select(func.coalesce(func.max(Message.seq), -1)).where(
-            Message.conversation_id == conversation_id
-        )
-        return int((await session.execute(query)).scalar_one()) + 1
 
     # -- usage ------------------------------------------------------------------------------
     async def usage(
@@ -309,6 +298,110 @@ class Store:
             }
             for row in rows
         ]
+
+
+_CONVERSATIONS = Table("conversations", Conversation.metadata)
+_MESSAGES = Table("messages", Message.metadata)
+
+
+def _next_seq(conversation_id: Any) -> Select[Any]:
+    """The seq the next message of a conversation gets."""
+    return select(func.coalesce(func.max(_MESSAGES.c.seq), -1) + 1).where(
+        _MESSAGES.c.conversation_id == conversation_id
+    )
+
+
+class _ReplyWriter:
+    """Stores replies with group commit: one transaction for all the replies that ended while
+    the previous one was being written.
+
+    Every stream ends with a write; one transaction each cost more CPU than relaying the
+    stream's hundred deltas (docs/BENCHMARKS.md). Nothing waits for a timer: a reply alone is
+    written at once, and under load the writes of the moment share a transaction. Callers
+    still wait until their own reply is committed.
+    """
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+        self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
+        self._flusher: asyncio.Task[None] | None = None
+
+    async def write(self, conversation_id: str, reply: Reply) -> None:
+        row = {
+            "id": new_id(),
+            "conversation_id": conversation_id,
+            "role": "assistant",
+            "content": reply.content,
+            "model": reply.model,
+            "stream_id": reply.stream_id,
+            "end_reason": reply.end_reason,
+            "stop_reason": reply.stop_reason,
+            "error_code": reply.error_code,
+            "input_tokens": reply.input_tokens,
+            "output_tokens": reply.output_tokens,
+            "usage_estimated": reply.usage_estimated,
+            "ttft_ms": reply.ttft_ms,
+            "duration_ms": reply.duration_ms,
+            "thinking": reply.thinking,
+            "created_at": now(),
+        }
+        loop = asyncio.get_running_loop()
+        done: asyncio.Future[None] = loop.create_future()
+        self._pending.append((row, done))
+        if self._flusher is None:
+            self._flusher = loop.create_task(self._flush(), name="store-replies")
+        # The write goes on if the caller is cancelled (a stream's end must be recorded).
+        await asyncio.shield(done)
+
+    async def _flush(self) -> None:
+        try:
+            while self._pending:
+                batch, self._pending = self._pending, []
+                try:
+                    await self._store([row for row, _ in batch])
+                except Exception:
+                    # One bad row (its conversation deleted meanwhile, say) must not lose the
+                    # others: write them one by one, and fail only the ones that fail.
+                    for row, done in batch:
+                        try:
+                            await self._store([row])
+                        except Exception as exc:
+                            if not done.done():
+                                done.set_exception(exc)
+                        else:
+                            if not done.done():
+                                done.set_result(None)
+                    continue
+                for _, done in batch:
+                    if not done.done():
+                        done.set_result(None)
+        finally:
+            self._flusher = None
+
+    async def _store(self, rows: list[dict[str, Any]]) -> None:
+        async with self._engine.begin() as connection:
+            for row in rows:
+                # Each reply takes the next seq of its conversation, which its lock reserves.
+                row["seq"] = (
+                    await connection.execute(_next_seq(row["conversation_id"]))
+                ).scalar_one()
+            await connection.execute(insert(_MESSAGES), rows)
+            await connection.execute(
+                update(_CONVERSATIONS)
+                .where(
+                    _CONVERSATIONS.c.id == bindparam("b_id"),
+                    _CONVERSATIONS.c.locked_by == bindparam("b_stream"),
+                )
+                .values(locked_by=None, locked_at=None, updated_at=bindparam("b_stamp")),
+                [
+                    {
+                        "b_id": r["conversation_id"],
+                        "b_stream": r["stream_id"],
+                        "b_stamp": r["created_at"],
+                    }
+                    for r in rows
+                ],
+            )
 
 
 def _encode_cursor(conversation: Conversation) -> str:
