@@ -347,3 +347,33 @@ async def test_fifty_concurrent_streams_each_get_every_delta_in_order(
     assert texts == sorted("".join(reply) for reply in replies)
     assert all(r.named("end")["reason"] == "completed" for r in results)
     assert all(len(r.content_events) == 30 for r in results)
+
+
+async def test_consecutive_streams_reuse_one_upstream_connection(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    """A finished reply hands its connection back: no new TCP handshake per stream."""
+    fake.enqueue(*(Scenario(deltas=[f"reply {n}"]) for n in range(5)))
+    async with serve(settings_for(fake)) as url:
+        results = [await stream_chat(client, url, {"messages": USER_HI}) for _ in range(5)]
+    assert [r.text for r in results] == [f"reply {n}" for n in range(5)]
+    assert fake.connections_opened == 1
+    assert len({request.connection_id for request in fake.requests}) == 1
+
+
+async def test_a_reply_cut_by_the_client_does_not_leave_its_connection_for_reuse(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    """A connection whose response was abandoned mid-body is closed, never handed to the next
+    stream (which would read the old reply's leftovers)."""
+    fake.enqueue(Scenario(deltas=["a "] * 200, interval=0.01), Scenario(deltas=["second"]))
+    async with serve(settings_for(fake)) as url:
+        async with client.stream("POST", f"{url}/ai/stream/chat", json={"messages": USER_HI}) as r:
+            async for line in r.aiter_lines():
+                if line.startswith('data: {"content"'):
+                    break
+        result = await stream_chat(client, url, {"messages": USER_HI})
+    assert result.text == "second"
+    first, second = fake.requests
+    assert first.outcome == "client_gone"
+    assert first.connection_id != second.connection_id

@@ -616,3 +616,12 @@ async def test_thirty_concurrent_streams_each_get_their_own_text_intact(
             "stop_reason": "end_turn",
             "usage": {"input_tokens": 10, "output_tokens": 20},
         }
+
+
+async def test_consecutive_streams_reuse_one_upstream_connection(
+    client: httpx.AsyncClient, fake: FakeOpenAI
+) -> None:
+    """A reply read to its [DONE] hands its connection back to the pool."""
+    results = await relay_each(client, fake, [OpenAIScenario(deltas=[f"r{n}"]) for n in range(4)])
+    assert [r.text for r in results] == [f"r{n}" for n in range(4)]
+    assert fake.connections_opened == 1

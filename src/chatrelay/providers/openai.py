@@ -29,7 +29,14 @@ from ..errors import (
 )
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
-from .sdk import ClientOptions, connection_error, error_for_status, redact, transport_error
+from .sdk import (
+    ClientOptions,
+    connection_error,
+    error_for_status,
+    finish_body,
+    redact,
+    transport_error,
+)
 from .sse_decoder import SSEDecoder
 
 # OpenAI's finish reasons in the project's (Messages API) vocabulary.
@@ -155,7 +162,8 @@ class OpenAIProvider:
             ) as response:
                 decoder = SSEDecoder()
                 finish: str | None = None
-                async for chunk in response.http_response.aiter_bytes():
+                chunks = response.http_response.aiter_bytes()
+                async for chunk in chunks:
                     for _event, data in decoder.feed(chunk):
                         if data == b"[DONE]":
                             break
@@ -179,6 +187,7 @@ class OpenAIProvider:
                             yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
                     else:
                         continue
+                    await finish_body(chunks)
                     break  # [DONE]
                 if finish is not None:
                     yield Stop(finish)

@@ -3,10 +3,11 @@ HTTP statuses and transport failures become our `UpstreamError`s."""
 
 from __future__ import annotations
 
+import asyncio
 import email.utils
 import os
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -131,3 +132,22 @@ def transport_error(exc: httpx2.HTTPError) -> UpstreamError:
     if isinstance(exc, httpx2.TimeoutException):
         return UpstreamTimeout("the upstream stopped sending")
     return UpstreamFailed(f"stream broken: {exc!r}", retryable=True)
+
+
+# How long a finished reply waits for the rest of its HTTP body (the chunked terminator, which
+# nearly always came in the same read) before giving up on reusing the connection.
+_BODY_END_WAIT_S = 0.05
+
+
+async def finish_body(chunks: AsyncIterator[bytes]) -> None:
+    """Read what is left of a response whose last event has arrived.
+
+    A response closed before its body ended takes its connection with it, and the next stream
+    pays for a new TCP (and TLS) handshake; one read to the end lets the transport keep it.
+    """
+    try:
+        async with asyncio.timeout(_BODY_END_WAIT_S):
+            async for _ in chunks:
+                pass
+    except (TimeoutError, httpx2.HTTPError):
+        pass  # the connection is closed instead: nothing is lost
