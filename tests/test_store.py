@@ -289,6 +289,22 @@ async def test_a_cancelled_caller_does_not_cancel_the_write_of_its_reply(store: 
     assert [m.content for m in stored.messages] == ["q", "kept"]
 
 
+async def test_a_transaction_that_fails_halfway_leaves_nothing_behind(store: Store) -> None:
+    """Writes are atomic on both databases (SQLite's statements run on the loop's thread)."""
+    with pytest.raises(RuntimeError):
+        async with store.engine.begin() as connection:
+            await connection.execute(
+                text(
+                    "INSERT INTO conversations (id, owner, title, metadata, created_at, updated_at)"
+                    " VALUES ('half', 'alice', '', '{}', '2026-01-01', '2026-01-01')"
+                )
+            )
+            raise RuntimeError("between two statements")
+    assert not await store.exists("half")
+    await start(store, "whole")
+    assert await store.exists("whole")
+
+
 # -- ownership --------------------------------------------------------------------------------
 
 
