@@ -56,6 +56,9 @@ class _Connection(asyncio.Protocol):
         self._last_read = 0.0
         self._timer: asyncio.TimerHandle | None = None
         self._until_close = False
+        self._keep_alive = False
+        self._no_body = False  # the request was HEAD
+        self._stray = False  # bytes came after the response: never reuse this connection
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -69,9 +72,15 @@ class _Connection(asyncio.Protocol):
         if parser is None:  # bytes nobody asked for: the connection can't be trusted
             self._fail(httpx2.RemoteProtocolError("unexpected data from the upstream"))
             return
+        if self._complete:
+            self._stray = True  # the response is whole; whatever this is, it is not ours
+            return
         try:
             parser.feed_data(data)
         except httptools.HttpParserError as exc:
+            if self._complete:  # junk after a whole response: only the connection is spoilt
+                self._stray = True
+                return
             self._fail(httpx2.RemoteProtocolError(f"malformed response from the upstream: {exc}"))
 
     def connection_lost(self, exc: Exception | None) -> None:
@@ -96,14 +105,22 @@ class _Connection(asyncio.Protocol):
 
     # -- httptools callbacks -------------------------------------------------------------
 
+    def on_message_begin(self) -> None:
+        if self._complete:  # a second response in the same read: not ours to append
+            self._stray = True
+
     def on_status(self, status: bytes) -> None:
-        self._reason += status
+        if not self._complete:
+            self._reason += status
 
     def on_header(self, name: bytes, value: bytes) -> None:
-        self._headers.append((name, value))
+        if not self._complete:
+            self._headers.append((name, value))
 
     def on_headers_complete(self) -> None:
         assert self._parser is not None
+        if self._complete:
+            return
         if 100 <= self._parser.get_status_code() < 200:  # interim: wait for the real one
             self._headers = []
             self._reason = b""
@@ -112,8 +129,13 @@ class _Connection(asyncio.Protocol):
         self._until_close = b"content-length" not in names and b"transfer-encoding" not in names
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
+        if self._no_body:  # a HEAD response has headers only, whatever they announce
+            self._keep_alive = self._parser.should_keep_alive()
+            self._finish()
 
     def on_body(self, body: bytes) -> None:
+        if self._complete:
+            return
         self._chunks.append(body)
         self._buffered += len(body)
         if self._buffered > _HIGH_WATER and not self._paused and self.transport is not None:
@@ -123,8 +145,10 @@ class _Connection(asyncio.Protocol):
 
     def on_message_complete(self) -> None:
         assert self._parser is not None
-        if 100 <= self._parser.get_status_code() < 200:
+        if self._complete or 100 <= self._parser.get_status_code() < 200:
             return
+        # Asked now: the parser forgets the message's headers once this callback returns.
+        self._keep_alive = self._parser.should_keep_alive()
         self._finish()
 
     # -- the request ---------------------------------------------------------------------
@@ -140,6 +164,8 @@ class _Connection(asyncio.Protocol):
         self._complete = False
         self._error = None
         self._until_close = False
+        self._keep_alive = False
+        self._no_body = request.method == "HEAD"
         self._read_timeout = read_timeout
         self._head = self.loop.create_future()
         url = request.url
@@ -179,6 +205,7 @@ class _Connection(asyncio.Protocol):
                 self._buffered = 0
                 if self._paused and self.transport is not None:
                     self._paused = False
+                    self._last_read = self.loop.time()  # the silence was ours, not theirs
                     self.transport.resume_reading()
                 yield data
                 continue
@@ -198,8 +225,8 @@ class _Connection(asyncio.Protocol):
             self._complete
             and not self.closed
             and not self._chunks
-            and self._parser is not None
-            and self._parser.should_keep_alive()
+            and not self._stray
+            and self._keep_alive
         )
 
     def release(self) -> None:
@@ -254,6 +281,9 @@ class _Connection(asyncio.Protocol):
         self._timer = None
         if self._complete or self._error is not None or self._read_timeout is None:
             return
+        if self._paused:  # we stopped reading (a slow consumer): the upstream is not late
+            self._timer = self.loop.call_at(self.loop.time() + self._read_timeout, self._on_timer)
+            return
         due = self._last_read + self._read_timeout
         if self.loop.time() >= due:
             self._fail(httpx2.ReadTimeout("the upstream sent nothing within the read timeout"))
@@ -281,7 +311,12 @@ class _ResponseStream(httpx2.AsyncByteStream):
 
 
 class RelayTransport(httpx2.AsyncBaseTransport):
-    """A keep-alive pool of `_Connection`s per origin, with a cap on open connections."""
+    """A keep-alive pool of `_Connection`s per origin, with a cap on open connections.
+
+    Idle connections count towards the cap; a request that finds the cap reached closes the
+    longest-idle connection (of any origin) to make room, or else waits for one to be handed
+    back or closed, at most the pool timeout.
+    """
 
     def __init__(
         self,
@@ -292,9 +327,11 @@ class RelayTransport(httpx2.AsyncBaseTransport):
     ) -> None:
         self._ssl = ssl_context
         self._keepalive_expiry = keepalive_expiry
+        self._max = max_connections
         self._idle: dict[tuple[str, str, int], list[_Connection]] = {}
-        self._slots = asyncio.Semaphore(max_connections)
         self._open: set[_Connection] = set()
+        self._opening = 0  # connections being set up, counted against the cap
+        self._waiters: deque[asyncio.Future[None]] = deque()
 
     async def handle_async_request(self, request: httpx2.Request) -> httpx2.Response:
         url = request.url
@@ -309,10 +346,7 @@ class RelayTransport(httpx2.AsyncBaseTransport):
             request.headers["content-length"] = str(len(body))
             if "transfer-encoding" in request.headers:
                 del request.headers["transfer-encoding"]
-        conn = self._reuse(key)
-        fresh = conn is None
-        if conn is None:
-            conn = await self._connect(key, timeouts.get("connect"))
+        conn, fresh = await self._acquire(key, timeouts)
         try:
             await conn.send(request, body, timeouts.get("read"))
         except httpx2.RemoteProtocolError:
@@ -321,7 +355,7 @@ class RelayTransport(httpx2.AsyncBaseTransport):
                 raise
             # A kept-alive connection the upstream closed meanwhile: one fresh try, as the
             # default transport does.
-            conn = await self._connect(key, timeouts.get("connect"))
+            conn = await self._open_connection(key, timeouts)
             try:
                 await conn.send(request, body, timeouts.get("read"))
             except BaseException:
@@ -337,6 +371,31 @@ class RelayTransport(httpx2.AsyncBaseTransport):
             extensions=conn.extensions(),
         )
 
+    async def _acquire(
+        self, key: tuple[str, str, int], timeouts: dict[str, float | None]
+    ) -> tuple[_Connection, bool]:
+        """A kept-alive connection to `key` (False), or a new one (True)."""
+        while True:
+            if (conn := self._reuse(key)) is not None:
+                return conn, False
+            if len(self._open) + self._opening < self._max or self._close_longest_idle():
+                return await self._open_connection(key, timeouts), True
+            waiter = asyncio.get_running_loop().create_future()
+            self._waiters.append(waiter)
+            try:
+                async with asyncio.timeout(timeouts.get("pool")):
+                    await waiter
+            except BaseException as exc:
+                if waiter in self._waiters:
+                    self._waiters.remove(waiter)
+                elif waiter.done() and not waiter.cancelled():
+                    self._wake_one()  # woken, but leaving: the room goes to the next in line
+                if isinstance(exc, TimeoutError):
+                    raise httpx2.PoolTimeout(
+                        f"all {self._max} upstream connections stayed busy"
+                    ) from None
+                raise
+
     def _reuse(self, key: tuple[str, str, int]) -> _Connection | None:
         idle = self._idle.get(key)
         if not idle:
@@ -349,16 +408,29 @@ class RelayTransport(httpx2.AsyncBaseTransport):
             self._drop(conn)
         return None
 
-    async def _connect(self, key: tuple[str, str, int], timeout: float | None) -> _Connection:
+    def _close_longest_idle(self) -> bool:
+        oldest: tuple[tuple[str, str, int], _Connection] | None = None
+        for key, idle in self._idle.items():
+            if idle and (oldest is None or idle[0].idle_since < oldest[1].idle_since):
+                oldest = (key, idle[0])
+        if oldest is None:
+            return False
+        self._idle[oldest[0]].pop(0)
+        self._drop(oldest[1])
+        return True
+
+    async def _open_connection(
+        self, key: tuple[str, str, int], timeouts: dict[str, float | None]
+    ) -> _Connection:
         scheme, host, port = key
         loop = asyncio.get_running_loop()
-        await self._slots.acquire()
+        self._opening += 1
         try:
             ssl_context: ssl.SSLContext | None = None
             if scheme == "https":
                 ssl_context = self._ssl or httpx2.create_ssl_context()
                 self._ssl = ssl_context
-            async with asyncio.timeout(timeout):
+            async with asyncio.timeout(timeouts.get("connect")):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(loop),
                     host,
@@ -366,15 +438,15 @@ class RelayTransport(httpx2.AsyncBaseTransport):
                     ssl=ssl_context,
                     server_hostname=host if ssl_context is not None else None,
                 )
-        except TimeoutError:
-            self._slots.release()
-            raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
-        except OSError as exc:
-            self._slots.release()
-            raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
-        except BaseException:
-            self._slots.release()
+        except BaseException as exc:
+            self._opening -= 1
+            self._wake_one()  # the place this attempt held is free again
+            if isinstance(exc, TimeoutError):
+                raise httpx2.ConnectTimeout(f"connecting to {host}:{port} timed out") from None
+            if isinstance(exc, OSError):
+                raise httpx2.ConnectError(f"cannot connect to {host}:{port}: {exc}") from exc
             raise
+        self._opening -= 1
         self._open.add(conn)
         return conn
 
@@ -382,6 +454,7 @@ class RelayTransport(httpx2.AsyncBaseTransport):
         if conn.reusable:
             conn.release()
             self._idle.setdefault(key, []).append(conn)
+            self._wake_one()
         else:
             self._drop(conn)
 
@@ -390,7 +463,14 @@ class RelayTransport(httpx2.AsyncBaseTransport):
         conn.close()
         if conn in self._open:
             self._open.discard(conn)
-            self._slots.release()
+            self._wake_one()
+
+    def _wake_one(self) -> None:
+        while self._waiters:
+            waiter = self._waiters.popleft()
+            if not waiter.done():
+                waiter.set_result(None)
+                return
 
     async def aclose(self) -> None:
         for conn in list(self._open):
