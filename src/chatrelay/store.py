@@ -29,6 +29,7 @@ from sqlalchemy import (
     select,
     update,
 )
+from sqlalchemy.engine import Connection
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
@@ -180,13 +181,13 @@ class Store:
         stream holds a lock younger than the lock timeout.
         """
         stamp = now()
-        # Core statements, not the ORM: this runs once per stream, before its first token,
-        # and the unit of work cost several times the queries themselves.
-        async with self.engine.begin() as connection:
+        stale = stamp - self._lock_timeout
+
+        def write(connection: Connection) -> None:
             if create:
                 try:
-                    await connection.execute(
-                        insert(_CONVERSATIONS),
+                    connection.execute(
+                        _INSERT_CONVERSATION,
                         {
                             "id": conversation_id,
                             "owner": owner,
@@ -203,25 +204,23 @@ class Store:
                     raise ConversationBusy(conversation_id) from None
                 seq = 0
             else:
-                stale = stamp - self._lock_timeout
-                locked = await connection.execute(
-                    update(_CONVERSATIONS)
-                    .where(
-                        _CONVERSATIONS.c.id == conversation_id,
-                        _CONVERSATIONS.c.owner == owner,
-                        or_(
-                            _CONVERSATIONS.c.locked_by.is_(None),
-                            _CONVERSATIONS.c.locked_at < stale,
-                        ),
-                    )
-                    .values(locked_by=stream_id, locked_at=stamp, updated_at=stamp, model=model)
+                locked = connection.execute(
+                    _LOCK,
+                    {
+                        "b_id": conversation_id,
+                        "b_owner": owner,
+                        "b_stale": stale,
+                        "b_stream": stream_id,
+                        "b_stamp": stamp,
+                        "b_model": model,
+                    },
                 )
                 if locked.rowcount != 1:
                     raise ConversationBusy(conversation_id)
-                seq = int((await connection.execute(_next_seq(conversation_id))).scalar_one())
+                seq = int(connection.execute(_NEXT_SEQ, {"b_id": conversation_id}).scalar_one())
             if new_messages:
-                await connection.execute(
-                    insert(_MESSAGES),
+                connection.execute(
+                    _INSERT_MESSAGES,
                     [
                         {
                             "id": new_id(),
@@ -236,6 +235,11 @@ class Store:
                         for offset, message in enumerate(new_messages)
                     ],
                 )
+
+        # Core statements, not the ORM, in one synchronous block (one hop into SQLAlchemy's
+        # greenlet, not one per statement): this runs once per stream, before its first token.
+        async with self.engine.begin() as connection:
+            await connection.run_sync(write)
 
     async def end_turn(self, conversation_id: str, reply: Reply) -> None:
         """Store the assistant's reply (complete or not) and release the lock."""
@@ -304,11 +308,38 @@ _CONVERSATIONS = Table("conversations", Conversation.metadata)
 _MESSAGES = Table("messages", Message.metadata)
 
 
-def _next_seq(conversation_id: Any) -> Select[Any]:
-    """The seq the next message of a conversation gets."""
-    return select(func.coalesce(func.max(_MESSAGES.c.seq), -1) + 1).where(
-        _MESSAGES.c.conversation_id == conversation_id
+# The statements of every turn, built once: building one costs more than running it (its
+# cache key is computed on each new statement object).
+_NEXT_SEQ = select(func.coalesce(func.max(_MESSAGES.c.seq), -1) + 1).where(
+    _MESSAGES.c.conversation_id == bindparam("b_id")
+)
+_INSERT_CONVERSATION = insert(_CONVERSATIONS)
+_INSERT_MESSAGES = insert(_MESSAGES)
+_LOCK = (
+    update(_CONVERSATIONS)
+    .where(
+        _CONVERSATIONS.c.id == bindparam("b_id"),
+        _CONVERSATIONS.c.owner == bindparam("b_owner"),
+        or_(
+            _CONVERSATIONS.c.locked_by.is_(None),
+            _CONVERSATIONS.c.locked_at < bindparam("b_stale"),
+        ),
     )
+    .values(
+        locked_by=bindparam("b_stream"),
+        locked_at=bindparam("b_stamp"),
+        updated_at=bindparam("b_stamp"),
+        model=bindparam("b_model"),
+    )
+)
+_RELEASE = (
+    update(_CONVERSATIONS)
+    .where(
+        _CONVERSATIONS.c.id == bindparam("b_id"),
+        _CONVERSATIONS.c.locked_by == bindparam("b_stream"),
+    )
+    .values(locked_by=None, locked_at=None, updated_at=bindparam("b_stamp"))
+)
 
 
 class _ReplyWriter:
@@ -380,28 +411,21 @@ class _ReplyWriter:
 
     async def _store(self, rows: list[dict[str, Any]]) -> None:
         async with self._engine.begin() as connection:
-            for row in rows:
-                # Each reply takes the next seq of its conversation, which its lock reserves.
-                row["seq"] = (
-                    await connection.execute(_next_seq(row["conversation_id"]))
-                ).scalar_one()
-            await connection.execute(insert(_MESSAGES), rows)
-            await connection.execute(
-                update(_CONVERSATIONS)
-                .where(
-                    _CONVERSATIONS.c.id == bindparam("b_id"),
-                    _CONVERSATIONS.c.locked_by == bindparam("b_stream"),
-                )
-                .values(locked_by=None, locked_at=None, updated_at=bindparam("b_stamp")),
-                [
-                    {
-                        "b_id": r["conversation_id"],
-                        "b_stream": r["stream_id"],
-                        "b_stamp": r["created_at"],
-                    }
-                    for r in rows
-                ],
-            )
+            await connection.run_sync(_store_replies, rows)
+
+
+def _store_replies(connection: Connection, rows: list[dict[str, Any]]) -> None:
+    for row in rows:
+        # Each reply takes the next seq of its conversation, which its lock reserves.
+        row["seq"] = connection.execute(_NEXT_SEQ, {"b_id": row["conversation_id"]}).scalar_one()
+    connection.execute(_INSERT_MESSAGES, rows)
+    connection.execute(
+        _RELEASE,
+        [
+            {"b_id": r["conversation_id"], "b_stream": r["stream_id"], "b_stamp": r["created_at"]}
+            for r in rows
+        ],
+    )
 
 
 def _encode_cursor(conversation: Conversation) -> str:
