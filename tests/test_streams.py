@@ -335,3 +335,28 @@ async def test_draining_ends_running_streams_with_server_restarting(
         ("error", "server_restarting"),
         ("completed", None),
     ]
+
+
+async def test_a_reader_leaving_the_memory_log_does_not_stall_the_others() -> None:
+    """Three readers follow one stream; one is cancelled mid-wait; the other two still get
+    every frame, and the cancelled one leaves nothing behind."""
+    from chatrelay.eventlogs.memory import MemoryEventLog
+
+    log = MemoryEventLog("i1", ttl_s=60)
+    await log.create("s1", "alice")
+    await log.append("s1", 1, b"one ")
+
+    async def read_all() -> bytes:
+        return b"".join([chunk async for chunk in log.read("s1", 0)])
+
+    readers = [asyncio.create_task(read_all()) for _ in range(3)]
+    await asyncio.sleep(0.01)  # all three are waiting for frame 2
+    readers[1].cancel()
+    await asyncio.sleep(0)
+    await log.append("s1", 2, b"two ")
+    await log.append("s1", 3, b"three")
+    await log.finish("s1")
+    assert await asyncio.wait_for(readers[0], 1) == b"one two three"
+    assert await asyncio.wait_for(readers[2], 1) == b"one two three"
+    assert readers[1].cancelled()
+    assert log._streams["s1"].waiters == []

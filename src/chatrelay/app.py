@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.types import Receive, Scope, Send
 
 from . import __version__, openapi, tracing
 from .auth import AccessMiddleware, Authenticator, access_modes
@@ -30,10 +31,25 @@ from .routes.errors import error_response, openai_error_response
 from .routing import Router
 from .schemas import problems_from
 from .settings import Settings
+from .sse import RAW_SEND
 from .store import Store
 from .streams import StreamHub
 
 log = logging.getLogger("chatrelay")
+
+
+class ChatRelayApp(FastAPI):
+    """FastAPI, plus the server's own `send` in the scope for the streaming hot path.
+
+    Every ASGI message goes through three `send` wrappers (the error middleware's, the
+    access middleware's, the exception handler's) that only look at the response start. A
+    stream's body messages, one per delta, skip them: `EventStreamResponse` sends its start
+    through the stack as usual and its body through this.
+    """
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        scope[RAW_SEND] = send
+        await super().__call__(scope, receive, send)
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -139,7 +155,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await hub.drain(0)  # the CLI's server drains with a grace period before this
 
-    app = FastAPI(title="chatrelay", version=__version__, lifespan=lifespan)
+    app = ChatRelayApp(title="chatrelay", version=__version__, lifespan=lifespan)
     app.state.settings = settings
     app.include_router(chat.router)
     app.include_router(streams.router)

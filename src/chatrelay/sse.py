@@ -58,6 +58,7 @@ def usage_dict(usage: Usage | None) -> dict[str, int | None]:
 
 
 PING = b": ping\n\n"
+RAW_SEND = "chatrelay.raw_send"  # the scope key of the server's own `send` (see app.py)
 DONE_SUFFIX = b"data: [DONE]\n\n"  # how every stream's last frame ends
 
 
@@ -200,6 +201,8 @@ class EventStreamResponse(Response):
         producer = asyncio.current_task()
         assert producer is not None
         await send({"type": "http.response.start", "status": 200, "headers": self.raw_headers})
+        # The start went through the middleware; the body, one message per delta, need not.
+        send = scope.get(RAW_SEND, send)
         self._last_write = loop.time()
         watcher = loop.create_task(self._watch_disconnect(receive, producer))
         heartbeat = loop.create_task(self._heartbeat(send, loop))

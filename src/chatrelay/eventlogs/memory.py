@@ -15,23 +15,31 @@ from . import StreamInfo
 
 
 class _Stream:
-    __slots__ = ("finished", "frames", "owner", "waiter")
+    __slots__ = ("finished", "frames", "owner", "waiters")
 
     def __init__(self, owner: str) -> None:
         self.owner = owner
         self.frames: list[bytes] = []
         self.finished = False
-        self.waiter: asyncio.Future[None] | None = None
+        # One future per waiting reader (nearly always one): a reader that leaves cancels
+        # only its own, with no `asyncio.shield` per frame.
+        self.waiters: list[asyncio.Future[None]] = []
 
     def wake(self) -> None:
-        waiter, self.waiter = self.waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        waiters, self.waiters = self.waiters, []
+        for waiter in waiters:
+            if not waiter.done():
+                waiter.set_result(None)
 
     async def changed(self) -> None:
-        if self.waiter is None:
-            self.waiter = asyncio.get_running_loop().create_future()
-        await asyncio.shield(self.waiter)  # one reader leaving must not cancel the others' wait
+        waiter = asyncio.get_running_loop().create_future()
+        self.waiters.append(waiter)
+        try:
+            await waiter
+        except BaseException:
+            if waiter in self.waiters:  # this reader left (cancelled): forget its future
+                self.waiters.remove(waiter)
+            raise
 
 
 class MemoryEventLog:
