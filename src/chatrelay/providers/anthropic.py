@@ -40,6 +40,7 @@ from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
 from .sdk import (
     ClientOptions,
+    body_chunks,
     connection_error,
     error_for_status,
     finish_body,
@@ -183,7 +184,7 @@ class AnthropicProvider:
                 # and with it the upstream socket: no tokens are generated for nobody.
                 decoder = SSEDecoder()
                 usage = _UsageCounter()
-                chunks = response.http_response.aiter_bytes()
+                chunks = body_chunks(response.http_response)
                 async for chunk in chunks:
                     for event, data in decoder.feed(chunk):
                         if event == b"content_block_delta":

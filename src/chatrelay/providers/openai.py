@@ -31,6 +31,7 @@ from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .base import ChatParams
 from .sdk import (
     ClientOptions,
+    body_chunks,
     connection_error,
     error_for_status,
     finish_body,
@@ -162,7 +163,7 @@ class OpenAIProvider:
             ) as response:
                 decoder = SSEDecoder()
                 finish: str | None = None
-                chunks = response.http_response.aiter_bytes()
+                chunks = body_chunks(response.http_response)
                 async for chunk in chunks:
                     for _event, data in decoder.feed(chunk):
                         if data == b"[DONE]":

@@ -134,6 +134,19 @@ def transport_error(exc: httpx2.HTTPError) -> UpstreamError:
     return UpstreamFailed(f"stream broken: {exc!r}", retryable=True)
 
 
+def body_chunks(response: httpx2.Response) -> AsyncIterator[bytes]:
+    """The raw body of a streaming response, as the transport delivers it.
+
+    Three layers of httpx2 generators (content decoding, re-chunking, stream binding) sit
+    between the transport and `aiter_bytes()`; each delta paid for all three. They only do
+    work for a compressed body, which then keeps them.
+    """
+    encoding = response.headers.get("content-encoding", "identity").strip().lower()
+    if encoding in ("", "identity") and isinstance(response.stream, httpx2.AsyncByteStream):
+        return response.stream.__aiter__()
+    return response.aiter_bytes()
+
+
 # How long a finished reply waits for the rest of its HTTP body (the chunked terminator, which
 # nearly always came in the same read) before giving up on reusing the connection.
 _BODY_END_WAIT_S = 0.05

@@ -213,11 +213,14 @@ class _Connection(asyncio.Protocol):
                 raise self._error
             if self._complete:
                 return
-            self._waiter = self.loop.create_future()
+            waiter = self._waiter = self.loop.create_future()
             try:
-                await self._waiter
+                await waiter
             finally:
-                self._waiter = None
+                # An abandoned iterator may be finalized late, when this connection already
+                # serves another response: only ever clear our own waiter.
+                if self._waiter is waiter:
+                    self._waiter = None
 
     @property
     def reusable(self) -> bool:
