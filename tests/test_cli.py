@@ -155,3 +155,25 @@ def test_the_example_models_file_is_valid(tmp_path: Path) -> None:
     specs, default = load_models_file(example)
     assert default in specs
     assert all(name in specs for spec in specs.values() for name in spec.fallbacks)
+
+
+def test_a_database_that_cannot_be_migrated_stops_the_server_saying_why(tmp_path: Path) -> None:
+    """`chatrelay serve` migrates in a child process first; when that fails, the server does
+    not start, and the user sees the migration's own error."""
+    import sqlite3
+
+    db = tmp_path / "future.db"
+    with sqlite3.connect(db) as connection:  # a schema from a newer chatrelay than this one
+        connection.execute("CREATE TABLE alembic_version (version_num VARCHAR(32) NOT NULL)")
+        connection.execute("INSERT INTO alembic_version VALUES ('9999')")
+    done = subprocess.run(
+        chatrelay("serve", "--port", str(free_port())),
+        env=env(DATABASE_URL=f"sqlite+aiosqlite:///{db}"),
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert "could not migrate the database" in done.stderr
+    assert "9999" in done.stderr

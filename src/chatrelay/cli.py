@@ -43,6 +43,9 @@ def serve(host: str | None, port: int | None) -> None:
         if port is not None:
             settings.port = port
         configure_logging(settings.log_level, settings.log_format)
+        from .db import upgrade_in_child
+
+        upgrade_in_child(settings.database_url)
         app = create_app(settings)
     except ValidationError as exc:
         raise click.ClickException(f"invalid setting: {exc}") from None

@@ -142,6 +142,38 @@ async def upgrade(engine: AsyncEngine, revision: str = "head") -> None:
         await connection.run_sync(lambda sync: command.upgrade(alembic_config(sync), revision))
 
 
+def upgrade_in_child(url: str) -> None:
+    """Migrate the database in a short-lived child process, if it is not at head already.
+
+    `chatrelay serve` calls this before it starts: Alembic costs about 10 MB that, once
+    imported, a server process would keep for its whole life (measured in
+    docs/BENCHMARKS.md). The server's own `upgrade()` then finds the schema at head.
+    """
+    import asyncio
+    import os
+    import subprocess
+    import sys
+
+    async def at_head() -> bool:
+        engine = create_engine(url)
+        try:
+            return await _at_head(engine)
+        finally:
+            await engine.dispose()
+
+    if asyncio.run(at_head()):
+        return
+    done = subprocess.run(
+        [sys.executable, "-m", "chatrelay", "db", "upgrade"],
+        env={**os.environ, "DATABASE_URL": url},
+        capture_output=True,
+        text=True,
+        check=False,
+    )
+    if done.returncode != 0:
+        raise ConfigError(f"could not migrate the database: {done.stderr.strip()[-2000:]}")
+
+
 async def _at_head(engine: AsyncEngine) -> bool:
     try:
         async with engine.connect() as connection:
