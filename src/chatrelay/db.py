@@ -161,8 +161,11 @@ def upgrade_in_child(url: str) -> None:
         finally:
             await engine.dispose()
 
-    if asyncio.run(at_head()):
-        return
+    try:
+        if asyncio.run(at_head()):
+            return
+    except Exception:  # unreachable, say: the child's error names the problem
+        pass
     done = subprocess.run(
         [sys.executable, "-m", "chatrelay", "db", "upgrade"],
         env={**os.environ, "DATABASE_URL": url},
@@ -171,7 +174,8 @@ def upgrade_in_child(url: str) -> None:
         check=False,
     )
     if done.returncode != 0:
-        raise ConfigError(f"could not migrate the database: {done.stderr.strip()[-2000:]}")
+        lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
+        raise ConfigError(f"could not migrate the database: {lines[-1]}")
 
 
 async def _at_head(engine: AsyncEngine) -> bool:
