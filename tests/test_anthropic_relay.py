@@ -377,3 +377,35 @@ async def test_a_reply_cut_by_the_client_does_not_leave_its_connection_for_reuse
     first, second = fake.requests
     assert first.outcome == "client_gone"
     assert first.connection_id != second.connection_id
+
+
+@pytest.mark.parametrize("transport", ["relay", "httpx"])
+async def test_both_upstream_transports_relay_the_same_stream(
+    client: httpx.AsyncClient, fake: FakeAnthropic, transport: str
+) -> None:
+    """CHATRELAY_UPSTREAM_TRANSPORT=httpx (the SDK's own transport) streams exactly like the
+    default one: same frames, same usage, a disconnect still closes the upstream."""
+    deltas = ["Hel", "lo ", "🙂"]
+    fake.enqueue(Scenario(deltas=deltas, input_tokens=3))
+    result = await relay(client, fake, upstream_transport=transport)
+    assert [json.loads(e.data) for e in result.content_events] == [{"content": d} for d in deltas]
+    assert result.named("end")["usage"] == {"input_tokens": 3, "output_tokens": 3}
+
+
+def test_a_configured_proxy_selects_the_sdks_own_transport(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """chatrelay's transport speaks no proxies: with HTTPS_PROXY set, the SDK's is used."""
+    import anthropic
+
+    from chatrelay.providers.sdk import ClientOptions
+    from chatrelay.providers.transport import RelayTransport
+
+    options = ClientOptions(connect_timeout=1, read_timeout=1, max_connections=5)
+    for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy"):
+        monkeypatch.delenv(name, raising=False)
+    default = options.sdk_kwargs(anthropic.DefaultAsyncHttpxClient)["http_client"]
+    assert isinstance(default._transport, RelayTransport)
+    monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
+    proxied = options.sdk_kwargs(anthropic.DefaultAsyncHttpxClient)["http_client"]
+    assert not isinstance(proxied._transport, RelayTransport)
