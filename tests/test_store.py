@@ -290,7 +290,7 @@ async def test_a_cancelled_caller_does_not_cancel_the_write_of_its_reply(store: 
 
 
 async def test_a_transaction_that_fails_halfway_leaves_nothing_behind(store: Store) -> None:
-    """Writes are atomic on both databases (SQLite's statements run on the loop's thread)."""
+    """Writes are atomic on both databases: nothing of a transaction that failed is stored."""
     with pytest.raises(RuntimeError):
         async with store.engine.begin() as connection:
             await connection.execute(

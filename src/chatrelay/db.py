@@ -62,46 +62,12 @@ def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
         # SQLite has one writer at a time: several pooled connections only take turns at its
         # lock, and under load fail with "database is locked". One connection queues instead.
         options.update(pool_size=1, max_overflow=0, pool_timeout=60)
-        if parsed.database and parsed.database != ":memory:" and not parsed.query:
-            database = parsed.database
-            options["async_creator"] = lambda: _same_thread_sqlite(database)
     else:
         options.update(pool_size=pool_size, max_overflow=pool_size, pool_pre_ping=True)
     engine = create_async_engine(url, **options)
     if parsed.get_backend_name() == "sqlite":
         event.listen(engine.sync_engine, "connect", _sqlite_pragmas)
     return engine
-
-
-async def _same_thread_sqlite(database: str) -> Any:
-    """An aiosqlite connection whose statements run on the event loop's own thread.
-
-    aiosqlite runs each call on a worker thread; a statement costs three of those round trips,
-    and each one waits for the GIL, which a busy event loop hands over only every 5 ms
-    (`sys.getswitchinterval()`). With one pooled connection, that capped the server at a few
-    dozen new streams a second while the CPU was mostly idle (docs/BENCHMARKS.md). Our
-    statements are small and, under WAL with synchronous=NORMAL, take microseconds: running
-    them inline blocks the loop for less than the hand-over did. A write that must wait for
-    another process's lock (busy_timeout) blocks the loop meanwhile: several processes
-    sharing one SQLite file is what PostgreSQL is for.
-    """
-    import sqlite3
-
-    import aiosqlite
-
-    class SameThread(aiosqlite.Connection):
-        async def _execute(self, fn: Any, *args: Any, **kwargs: Any) -> Any:
-            if not self._running or not self._connection:
-                raise ValueError("Connection closed")
-            return fn(*args, **kwargs)
-
-    connection = SameThread(
-        # Opened on aiosqlite's thread, used from the loop's (as SQLAlchemy connects it).
-        lambda: sqlite3.connect(database, check_same_thread=False),
-        iter_chunk_size=64,
-    )
-    connection._thread.daemon = True  # as SQLAlchemy does: never hold up interpreter exit
-    return await connection
 
 
 def _sqlite_pragmas(connection: Any, _record: Any) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import gc
 import signal
 import socket
 import sys
@@ -34,6 +35,12 @@ def run(app: Any, settings: Settings) -> None:
     # would end the process "killed by SIGTERM" (exit 143), which supervisors read as a crash.
     # It puts back the handler it found before re-raising: this one makes that an exit 0.
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(0))
+    # Everything imported so far (the SDK's thousands of types, the frameworks) lives as long
+    # as the process. Left to the collector, each full collection walks all of it on the
+    # event loop's thread: pauses of 100 ms and more under load, which a client sees as a
+    # stalled stream and a disconnect noticed late (docs/BENCHMARKS.md). Frozen, it is skipped.
+    gc.collect()
+    gc.freeze()
     DrainingServer(config, app, settings.shutdown_grace_s).run()
 
 
