@@ -177,6 +177,26 @@ async def test_a_lock_older_than_the_lock_timeout_is_taken_over(store: Store) ->
     assert [m.seq for m in stored.messages] == [0, 1, 2]
 
 
+async def test_a_late_reply_whose_reserved_seq_was_taken_is_still_stored(store: Store) -> None:
+    """The seq begin_turn reserved for a reply can be used by a stream that took the lock
+    over after the timeout; the late reply then takes the next free one, losing nothing."""
+    quick = Store(store.engine, lock_timeout_s=0.05)  # shares the engine: not closed here
+    reserved = await quick.begin_turn("c1", "alice", "crashed", [user("q1")], "t", "m", True)
+    assert reserved == 1
+    await asyncio.sleep(0.15)
+    taken = await quick.begin_turn("c1", "alice", "s2", [user("q2")], "t", "m", False)
+    assert taken == 2  # q2 took seq 1, the crashed stream's reserved one
+    await quick.end_turn("c1", reply("s2", "answer to q2"), taken)
+    await quick.end_turn("c1", reply("crashed", "late answer"), reserved)
+    stored = await conversation(store, "c1")
+    assert [(m.seq, m.content) for m in stored.messages] == [
+        (0, "q1"),
+        (1, "q2"),
+        (2, "answer to q2"),
+        (3, "late answer"),
+    ]
+
+
 async def test_end_turn_stores_every_reply_field_and_keeps_seq_contiguous(store: Store) -> None:
     full = Reply(
         content="Here is the answer",

@@ -40,6 +40,7 @@ class Turn:
     messages: list[dict[str, Any]]  # what goes upstream: trimmed history + the new messages
     omitted: int  # history messages left out of the upstream request
     input_chars: int
+    reply_seq: int | None = None  # where the reply goes (reserved by the conversation's lock)
 
 
 def estimate_tokens(content: Any) -> int:
@@ -133,7 +134,7 @@ class Conversations:
             raise InvalidField(
                 [FieldProblem("messages", "contains nothing new: all of it is already stored")]
             )
-        await self.store.begin_turn(
+        reply_seq = await self.store.begin_turn(
             conversation_id,
             owner,
             stream_id,
@@ -144,11 +145,11 @@ class Conversations:
         )
         upstream, omitted = trim(history + fresh, self.budget)
         chars = sum(len(str(m["content"])) for m in upstream)
-        return Turn(conversation_id, upstream, omitted, chars)
+        return Turn(conversation_id, upstream, omitted, chars, reply_seq)
 
     async def end(self, turn: Turn, reply: Reply) -> None:
         """Store the reply and unlock; a failure here is logged, never raised into a stream."""
         try:
-            await self.store.end_turn(turn.conversation_id, reply)
+            await self.store.end_turn(turn.conversation_id, reply, turn.reply_seq)
         except Exception:
             log.exception("could not store the reply of stream %s", reply.stream_id)

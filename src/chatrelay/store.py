@@ -174,8 +174,9 @@ class Store:
         title: str,
         model: str,
         create: bool,
-    ) -> None:
-        """Lock the conversation for `stream_id` and append the user's new messages.
+    ) -> int:
+        """Lock the conversation for `stream_id` and append the user's new messages; return
+        the seq the reply will take (the lock keeps it free until `end_turn`).
 
         Creates the conversation when `create` is set. Raises `ConversationBusy` if another
         stream holds a lock younger than the lock timeout.
@@ -183,7 +184,7 @@ class Store:
         stamp = now()
         stale = stamp - self._lock_timeout
 
-        def write(connection: Connection) -> None:
+        def write(connection: Connection) -> int:
             if create:
                 try:
                     connection.execute(
@@ -235,15 +236,19 @@ class Store:
                         for offset, message in enumerate(new_messages)
                     ],
                 )
+            return seq + len(new_messages)
 
         # Core statements, not the ORM, in one synchronous block (one hop into SQLAlchemy's
         # greenlet, not one per statement): this runs once per stream, before its first token.
         async with self.engine.begin() as connection:
-            await connection.run_sync(write)
+            return await connection.run_sync(write)
 
-    async def end_turn(self, conversation_id: str, reply: Reply) -> None:
-        """Store the assistant's reply (complete or not) and release the lock."""
-        await self._replies.write(conversation_id, reply)
+    async def end_turn(self, conversation_id: str, reply: Reply, seq: int | None = None) -> None:
+        """Store the assistant's reply (complete or not) and release the lock.
+
+        `seq` is what `begin_turn` returned (saves a query); without it, the next free one.
+        """
+        await self._replies.write(conversation_id, reply, seq)
 
     async def release(self, conversation_id: str, stream_id: str) -> None:
         """Release the lock without a reply (the turn never reached a provider)."""
@@ -357,9 +362,10 @@ class _ReplyWriter:
         self._pending: list[tuple[dict[str, Any], asyncio.Future[None]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
-    async def write(self, conversation_id: str, reply: Reply) -> None:
+    async def write(self, conversation_id: str, reply: Reply, seq: int | None) -> None:
         row = {
             "id": new_id(),
+            "seq": seq,
             "conversation_id": conversation_id,
             "role": "assistant",
             "content": reply.content,
@@ -394,6 +400,9 @@ class _ReplyWriter:
                     # One bad row (its conversation deleted meanwhile, say) must not lose the
                     # others: write them one by one, and fail only the ones that fail.
                     for row, done in batch:
+                        # Its seq may be what failed (a lock taken over after the timeout
+                        # and the seq used meanwhile): alone, it takes the next free one.
+                        row["seq"] = None
                         try:
                             await self._store([row])
                         except Exception as exc:
@@ -417,7 +426,10 @@ class _ReplyWriter:
 def _store_replies(connection: Connection, rows: list[dict[str, Any]]) -> None:
     for row in rows:
         # Each reply takes the next seq of its conversation, which its lock reserves.
-        row["seq"] = connection.execute(_NEXT_SEQ, {"b_id": row["conversation_id"]}).scalar_one()
+        if row["seq"] is None:
+            row["seq"] = connection.execute(
+                _NEXT_SEQ, {"b_id": row["conversation_id"]}
+            ).scalar_one()
     connection.execute(_INSERT_MESSAGES, rows)
     connection.execute(
         _RELEASE,
