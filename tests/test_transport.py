@@ -1056,3 +1056,29 @@ async def test_a_request_that_finds_every_connection_busy_gets_a_pool_timeout() 
         assert up.requests == 1
         held.release.release()
         assert await read_all(first) == b"startend"
+
+
+async def test_https_negotiates_http_1_1_with_a_server_that_prefers_h2(ca: Any) -> None:
+    """A server offering h2 first must still be asked for HTTP/1.1 (ALPN): the transport
+    speaks nothing else."""
+    server_ctx, client_ctx = tls_contexts(ca, "127.0.0.1")
+    server_ctx.set_alpn_protocols(["h2", "http/1.1"])
+    negotiated: list[str | None] = []
+
+    async def serve(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        negotiated.append(writer.get_extra_info("ssl_object").selected_alpn_protocol())
+        await reader.readuntil(b"\r\n\r\n")
+        writer.write(response(b"over http/1.1"))
+        await writer.drain()
+        writer.close()
+
+    server = await asyncio.start_server(serve, "127.0.0.1", 0, ssl=server_ctx)
+    port = server.sockets[0].getsockname()[1]
+    try:
+        async with relay_client(ssl_context=client_ctx) as client:
+            r = await client.get(f"https://127.0.0.1:{port}/")
+    finally:
+        server.close()
+        await server.wait_closed()
+    assert r.content == b"over http/1.1"
+    assert negotiated == ["http/1.1"]

@@ -328,6 +328,8 @@ class RelayTransport(httpx2.AsyncBaseTransport):
         keepalive_expiry: float = 5.0,
         ssl_context: ssl.SSLContext | None = None,
     ) -> None:
+        if ssl_context is not None:
+            ssl_context.set_alpn_protocols(["http/1.1"])  # as httpcore does with its own
         self._ssl = ssl_context
         self._keepalive_expiry = keepalive_expiry
         self._max = max_connections
@@ -431,8 +433,11 @@ class RelayTransport(httpx2.AsyncBaseTransport):
         try:
             ssl_context: ssl.SSLContext | None = None
             if scheme == "https":
-                ssl_context = self._ssl or httpx2.create_ssl_context()
-                self._ssl = ssl_context
+                if self._ssl is None:
+                    self._ssl = httpx2.create_ssl_context()
+                    # Say so in the handshake: a server that prefers h2 must not pick it.
+                    self._ssl.set_alpn_protocols(["http/1.1"])
+                ssl_context = self._ssl
             async with asyncio.timeout(timeouts.get("connect")):
                 _, conn = await loop.create_connection(
                     lambda: _Connection(loop),
