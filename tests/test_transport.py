@@ -1082,3 +1082,23 @@ async def test_https_negotiates_http_1_1_with_a_server_that_prefers_h2(ca: Any) 
         await server.wait_closed()
     assert r.content == b"over http/1.1"
     assert negotiated == ["http/1.1"]
+
+
+@pytest.mark.parametrize("encoding", [None, b"gzip"])
+async def test_the_providers_body_reader_decodes_a_compressed_body(encoding: bytes | None) -> None:
+    """`sdk.body_chunks` reads an identity body straight from the transport and still
+    decompresses a gzip one: the SSE decoder always gets the text the upstream meant."""
+    import gzip
+
+    from chatrelay.providers.sdk import body_chunks
+
+    text = b"event: message_stop\ndata: {}\n\n" * 50
+    wire = gzip.compress(text) if encoding else text
+    headers = (b"Content-Encoding: " + encoding,) if encoding else ()
+    async with (
+        Upstream(keep_alive(response(wire, headers=headers))) as up,
+        relay_client() as client,
+        client.stream("GET", up.url) as r,
+    ):
+        got = b"".join([piece async for piece in body_chunks(r)])
+    assert got == text
