@@ -1102,3 +1102,21 @@ async def test_the_providers_body_reader_decodes_a_compressed_body(encoding: byt
     ):
         got = b"".join([piece async for piece in body_chunks(r)])
     assert got == text
+
+
+async def test_a_body_iterator_kept_past_its_response_never_reads_the_next_one() -> None:
+    """Once a response is released, its connection may serve the next request; an iterator
+    of the old body still held somewhere raises StreamClosed instead of yielding the new
+    response's bytes."""
+    from chatrelay.providers.sdk import body_chunks
+
+    async with Upstream(keep_alive(response(b"first"))) as up, relay_client() as client:
+        old = await client.send(client.build_request("GET", up.url), stream=True)
+        chunks = body_chunks(old)
+        assert await chunks.__anext__() == b"first"
+        await old.aclose()  # the connection goes back to the pool
+        new = await client.send(client.build_request("GET", up.url), stream=True)
+        with pytest.raises((httpx2.StreamClosed, StopAsyncIteration)):
+            await chunks.__anext__()
+        assert await new.aread() == b"first"
+    assert up.accepted == 1  # it really was the same connection

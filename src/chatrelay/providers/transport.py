@@ -58,6 +58,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         self._keep_alive = False
         self._no_body = False  # the request was HEAD
+        self._response = 0  # counts the responses served; a body iterator belongs to one
         self._stray = False  # bytes came after the response: never reuse this connection
 
     # -- asyncio.Protocol --------------------------------------------------------------------
@@ -166,6 +167,7 @@ class _Connection(asyncio.Protocol):
         self._until_close = False
         self._keep_alive = False
         self._no_body = request.method == "HEAD"
+        self._response += 1
         self._read_timeout = read_timeout
         self._head = self.loop.create_future()
         url = request.url
@@ -198,7 +200,10 @@ class _Connection(asyncio.Protocol):
 
     async def body(self) -> AsyncIterator[bytes]:
         chunks = self._chunks
+        mine = self._response
         while True:
+            if self._response != mine:  # released and serving another request since
+                raise httpx2.StreamClosed()
             if chunks:
                 data = chunks.popleft() if len(chunks) == 1 else b"".join(chunks)
                 chunks.clear()
@@ -300,12 +305,11 @@ class _ResponseStream(httpx2.AsyncByteStream):
         self._key = key
         self._conn: _Connection | None = conn
 
-    async def __aiter__(self) -> AsyncIterator[bytes]:
-        conn = self._conn
-        if conn is None:
+    def __aiter__(self) -> AsyncIterator[bytes]:
+        # The connection's own iterator, not a generator around it: one layer less per chunk.
+        if self._conn is None:
             raise httpx2.StreamClosed()
-        async for chunk in conn.body():
-            yield chunk
+        return self._conn.body()
 
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
