@@ -12,9 +12,9 @@ and waking the reader; the read timeout is one timer per connection, re-armed on
 fires. Failures are raised as the `httpx2` exceptions the SDKs already map (connect errors and
 timeouts, read timeouts, protocol errors), so everything above behaves as with the default.
 
-Not supported, by design: proxies, HTTP/2 and request bodies that are not sent in one piece up
-front. `transport_for()` picks the default `httpx2` transport when a proxy is configured or
-`CHATRELAY_UPSTREAM_TRANSPORT=httpx`.
+Not supported, by design: proxies and HTTP/2; a request body is read whole and sent with its
+Content-Length (the SDKs' JSON bodies are small). `sdk.ClientOptions` picks the default
+`httpx2` transport instead when a proxy is configured or `CHATRELAY_UPSTREAM_TRANSPORT=httpx`.
 """
 
 from __future__ import annotations
@@ -28,10 +28,9 @@ from typing import Any, cast
 import httptools
 import httpx2
 
-# Reading pauses when a consumer falls this far behind, so a slow reader holds memory, not
-# an unbounded queue.
+# Reading pauses when a consumer falls this far behind (and resumes once it has taken what
+# was buffered), so a slow reader holds a bounded amount of memory, not an unbounded queue.
 _HIGH_WATER = 256 * 1024
-_LOW_WATER = 64 * 1024
 
 
 class _Connection(asyncio.Protocol):
