@@ -384,6 +384,9 @@ class _ReplyWriter:
         }
         loop = asyncio.get_running_loop()
         done: asyncio.Future[None] = loop.create_future()
+        # A caller cancelled meanwhile never reads a failure (Conversations.end logs those it
+        # does read): mark it read, or asyncio would log it again as never retrieved.
+        done.add_done_callback(lambda future: future.cancelled() or future.exception())
         self._pending.append((row, done))
         if self._flusher is None:
             self._flusher = loop.create_task(self._flush(), name="store-replies")
@@ -425,7 +428,7 @@ class _ReplyWriter:
 
 def _store_replies(connection: Connection, rows: list[dict[str, Any]]) -> None:
     for row in rows:
-        # Each reply takes the next seq of its conversation, which its lock reserves.
+        # A reply without the seq its turn reserved takes the next free one.
         if row["seq"] is None:
             row["seq"] = connection.execute(
                 _NEXT_SEQ, {"b_id": row["conversation_id"]}
