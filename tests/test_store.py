@@ -278,6 +278,46 @@ async def test_replies_ending_together_are_all_stored_each_in_its_own_conversati
         assert stored.locked_by is None
 
 
+async def test_turns_opening_together_are_all_stored_and_locked(store: Store) -> None:
+    """Forty requests opening their turns at once share transactions; each gets its own
+    conversation, messages and lock, and its reply its reserved place."""
+    seqs = await asyncio.gather(
+        *(
+            store.begin_turn(f"c{n}", "alice", f"s{n}", [user(f"q{n}")], f"t{n}", "m", True)
+            for n in range(40)
+        )
+    )
+    assert seqs == [1] * 40
+    for n in range(40):
+        stored = await conversation(store, f"c{n}")
+        assert [(m.seq, m.content) for m in stored.messages] == [(0, f"q{n}")]
+        assert (stored.locked_by, stored.title) == (f"s{n}", f"t{n}")
+
+
+async def test_a_busy_turn_among_others_fails_alone(store: Store) -> None:
+    """In one burst: a second turn on a locked conversation and a new conversation under an
+    id that exists are refused (409); the other turns of the burst are stored all the same."""
+    await start(store, "locked", stream_id="holder")
+    await start(store, "taken", stream_id="other-holder")
+    results = await asyncio.gather(
+        store.begin_turn("n1", "alice", "s1", [user("a")], "t", "m", True),
+        store.begin_turn("locked", "alice", "s2", [user("b")], "t", "m", False),
+        store.begin_turn("n2", "alice", "s3", [user("c")], "t", "m", True),
+        store.begin_turn("taken", "alice", "s4", [user("d")], "t", "m", True),
+        store.begin_turn("n3", "alice", "s5", [user("e")], "t", "m", True),
+        return_exceptions=True,
+    )
+    assert results[0] == results[2] == results[4] == 1
+    assert isinstance(results[1], ConversationBusy) and isinstance(results[3], ConversationBusy)
+    for cid, stream, said in (("n1", "s1", "a"), ("n2", "s3", "c"), ("n3", "s5", "e")):
+        stored = await conversation(store, cid)
+        assert stored.locked_by == stream
+        assert [m.content for m in stored.messages] == [said]
+    assert (await conversation(store, "locked")).locked_by == "holder"
+    assert (await conversation(store, "taken")).locked_by == "other-holder"
+    assert "b" not in [m.content for m in (await conversation(store, "locked")).messages]
+
+
 async def test_a_reply_that_cannot_be_stored_fails_alone(store: Store) -> None:
     """A reply whose conversation was deleted meanwhile does not take the others down with it."""
     for n in range(3):
