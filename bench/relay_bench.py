@@ -59,6 +59,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from loadgen import raise_nofile_limit  # a sibling script: bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 BENCH = ROOT / "bench"
 DOC = ROOT / "docs" / "BENCHMARKS.md"
@@ -79,18 +81,6 @@ _DROP_ENV = re.compile(
 
 def log(msg: str) -> None:
     print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
-
-
-def raise_nofile_limit() -> None:
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = hard if hard != resource.RLIM_INFINITY else 65536
-        if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):
-        pass
 
 
 def free_port() -> int:

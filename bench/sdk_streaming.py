@@ -38,6 +38,8 @@ import anthropic
 import httpx2
 from anthropic.types import MessageParam, RawContentBlockDeltaEvent, TextDelta
 
+from loadgen import raise_nofile_limit  # a sibling script: bench/ is on sys.path
+
 ROOT = Path(__file__).resolve().parents[1]
 MODEL = "claude-bench"
 MESSAGES: list[MessageParam] = [{"role": "user", "content": "bench"}]
@@ -220,18 +222,6 @@ def proc_cpu_seconds(pid: int) -> float | None:
         return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
     except (OSError, IndexError, ValueError):
         return None
-
-
-def raise_nofile_limit() -> None:
-    try:
-        import resource
-
-        soft, hard = resource.getrlimit(resource.RLIMIT_NOFILE)
-        want = hard if hard != resource.RLIM_INFINITY else 65536
-        if soft < want:
-            resource.setrlimit(resource.RLIMIT_NOFILE, (want, hard))
-    except (ImportError, ValueError, OSError):
-        pass
 
 
 # ------------------------------------------------------------------ measurement
