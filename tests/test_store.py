@@ -318,6 +318,27 @@ async def test_a_busy_turn_among_others_fails_alone(store: Store) -> None:
     assert "b" not in [m.content for m in (await conversation(store, "locked")).messages]
 
 
+async def test_turn_writes_never_commit_another_sessions_open_transaction(
+    store: Store,
+) -> None:
+    """A turn opening while another session is mid-transaction is stored, and that
+    session's change, rolled back afterwards, is not (SQLite's turn writes run on the one
+    connection that session holds: they wait for it)."""
+    await start(store, "c0", stream_id="s0")
+    async with store.engine.connect() as connection:
+        transaction = await connection.begin()
+        await connection.execute(text("UPDATE conversations SET title = 'draft' WHERE id = 'c0'"))
+        turn = asyncio.create_task(
+            store.begin_turn("c1", "alice", "s1", [user("q")], "t", "m", True)
+        )
+        await asyncio.sleep(0.05)
+        await transaction.rollback()
+    assert await turn == 1
+    assert (await conversation(store, "c0")).title != "draft"
+    stored = await conversation(store, "c1")
+    assert (stored.locked_by, [m.content for m in stored.messages]) == ("s1", ["q"])
+
+
 async def test_a_reply_that_cannot_be_stored_fails_alone(store: Store) -> None:
     """A reply whose conversation was deleted meanwhile does not take the others down with it."""
     for n in range(3):

@@ -10,10 +10,9 @@ import asyncio
 import base64
 import re
 import uuid
-from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any
 
 import orjson
 from sqlalchemy import (
@@ -36,6 +35,7 @@ from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
 from .errors import ConversationBusy
+from .group_commit import GroupCommit
 from .tables import Conversation, Message
 
 # What a conversation id looks like (ours are UUIDs; clients may choose their own).
@@ -82,7 +82,7 @@ class Store:
         self.engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
         self._lock_timeout = timedelta(seconds=lock_timeout_s)
-        self._writes = _GroupCommit(engine)
+        self._writes = GroupCommit(engine)
 
     async def close(self) -> None:
         await self.engine.dispose()
@@ -375,88 +375,6 @@ _RELEASE = (
     )
     .values(locked_by=None, locked_at=None, updated_at=bindparam("b_stamp"))
 )
-
-
-T = TypeVar("T")
-
-
-class _GroupCommit:
-    """Runs the turn writes (a turn's opening, a reply) with group commit: every write queued
-    while a transaction is being written goes into the next one, in order.
-
-    Each stream writes twice; one transaction each, on SQLite's one pooled connection, queued
-    new streams behind each other (p50 time to first token ~0.8 s at sustained C=500, against
-    6 ms without the database; docs/BENCHMARKS.md). Nothing waits for a timer: a write alone
-    runs at once. Callers still wait until their own write is committed. A write raises
-    `ConversationBusy` without touching the database, which does not disturb the others; any
-    database error aborts the shared transaction, and then each write is retried alone
-    (`alone=True`), so that it fails alone.
-    """
-
-    def __init__(self, engine: AsyncEngine) -> None:
-        self._engine = engine
-        self._pending: list[tuple[Callable[[Connection, bool], Any], asyncio.Future[Any]]] = []
-        self._flusher: asyncio.Task[None] | None = None
-
-    async def run(self, write: Callable[[Connection, bool], T]) -> T:
-        loop = asyncio.get_running_loop()
-        done: asyncio.Future[T] = loop.create_future()
-        # A caller cancelled meanwhile never reads a failure (Conversations.end logs those it
-        # does read): mark it read, or asyncio would log it again as never retrieved.
-        done.add_done_callback(lambda future: future.cancelled() or future.exception())
-        self._pending.append((write, done))
-        if self._flusher is None:
-            self._flusher = loop.create_task(self._flush(), name="store-writes")
-        return await done
-
-    async def _flush(self) -> None:
-        try:
-            while self._pending:
-                # A request cancelled while its write waited here never gets its turn written.
-                batch = [(write, done) for write, done in self._pending if not done.cancelled()]
-                self._pending = []
-                if not batch:
-                    continue
-                try:
-                    async with self._engine.begin() as connection:
-                        results = await connection.run_sync(_together, [w for w, _ in batch])
-                except Exception:
-                    for write, done in batch:
-                        try:
-                            async with self._engine.begin() as connection:
-                                result = await connection.run_sync(write, True)
-                        except Exception as exc:
-                            _settle(done, exception=exc)
-                        else:
-                            _settle(done, result)
-                    continue
-                for (_, done), (result, error) in zip(batch, results, strict=True):
-                    _settle(done, result, error)
-        finally:
-            self._flusher = None
-
-
-def _together(
-    connection: Connection, writes: list[Callable[[Connection, bool], Any]]
-) -> list[tuple[Any, Exception | None]]:
-    results: list[tuple[Any, Exception | None]] = []
-    for write in writes:
-        try:
-            results.append((write(connection, False), None))
-        except ConversationBusy as busy:  # decided from a row count: nothing was written
-            results.append((None, busy))
-    return results
-
-
-def _settle(
-    done: asyncio.Future[Any], result: Any = None, exception: Exception | None = None
-) -> None:
-    if done.done():
-        return
-    if exception is not None:
-        done.set_exception(exception)
-    else:
-        done.set_result(result)
 
 
 def _store_reply(connection: Connection, row: dict[str, Any]) -> None:
