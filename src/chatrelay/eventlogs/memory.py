@@ -15,10 +15,13 @@ from . import StreamInfo
 
 
 class _Stream:
-    __slots__ = ("finished", "frames", "owner", "waiters")
+    __slots__ = ("finished", "frames", "loop", "owner", "waiters")
 
-    def __init__(self, owner: str) -> None:
+    def __init__(self, owner: str, loop: asyncio.AbstractEventLoop) -> None:
         self.owner = owner
+        # Kept: asyncio.get_running_loop() is a getpid() system call each time, and readers
+        # wait once per frame.
+        self.loop = loop
         self.frames: list[bytes] = []
         self.finished = False
         # One future per waiting reader (nearly always one): a reader that leaves cancels
@@ -32,7 +35,7 @@ class _Stream:
                 waiter.set_result(None)
 
     async def changed(self) -> None:
-        waiter = asyncio.get_running_loop().create_future()
+        waiter = self.loop.create_future()
         self.waiters.append(waiter)
         try:
             await waiter
@@ -63,7 +66,7 @@ class MemoryEventLog:
 
     async def create(self, stream_id: str, owner: str) -> None:
         self._sweep()
-        self._streams[stream_id] = _Stream(owner)
+        self._streams[stream_id] = _Stream(owner, asyncio.get_running_loop())
 
     async def append(self, stream_id: str, seq: int, frame: bytes) -> None:
         stream = self._streams[stream_id]
