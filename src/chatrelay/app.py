@@ -155,7 +155,15 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             finally:
                 await hub.drain(0)  # the CLI's server drains with a grace period before this
 
-    app = ChatRelayApp(title="chatrelay", version=__version__, lifespan=lifespan)
+    app = ChatRelayApp(
+        title="chatrelay",
+        version=__version__,
+        lifespan=lifespan,
+        # FastAPI's own OpenTelemetry instrumentation would start whenever something sets a
+        # global provider, doubling tracing.py's spans; off, it also stops looking the three
+        # providers up on every request (~2% of a burst's set-up CPU).
+        telemetry={"tracing": False, "metrics": False, "logs": False},
+    )
     app.state.settings = settings
     app.include_router(chat.router)
     app.include_router(streams.router)
