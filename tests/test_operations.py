@@ -8,6 +8,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import USER_HI, make_settings, serve, stream_chat
@@ -202,3 +203,32 @@ async def test_tracing_gives_a_server_span_per_request_and_an_upstream_child(
     assert upstream.attributes["chatrelay.outcome"] == "completed"
     assert not wanted({}) and not wanted({"OTEL_TRACES_EXPORTER": "none"})
     assert wanted({"OTEL_EXPORTER_OTLP_ENDPOINT": "http://127.0.0.1:4318"})
+
+
+async def test_a_global_tracer_provider_does_not_double_the_spans(
+    client: httpx.AsyncClient, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Auto-instrumentation (or any library) setting OpenTelemetry's global provider does not
+    make the framework trace requests as well: each request is traced once, by chatrelay."""
+    from opentelemetry import trace
+    from opentelemetry.sdk.trace import TracerProvider
+    from opentelemetry.sdk.trace.export import SimpleSpanProcessor
+    from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
+
+    from chatrelay.app import create_app
+
+    from .conftest import serve_app
+
+    global_spans = InMemorySpanExporter()
+    provider = TracerProvider()
+    provider.add_span_processor(SimpleSpanProcessor(global_spans))
+    monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
+    app = create_app(
+        make_settings(provider="mock", database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db")
+    )
+    ours = InMemorySpanExporter()
+    app.state.span_exporter = ours
+    async with serve_app(app) as url:
+        await stream_chat(client, url, {"messages": USER_HI})
+    assert [span.name for span in global_spans.get_finished_spans()] == []
+    assert "POST /ai/stream/chat" in [span.name for span in ours.get_finished_spans()]
