@@ -76,9 +76,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         async with AsyncExitStack() as stack:
             engine = create_engine(settings.database_url, settings.db_pool_size)
-            stack.push_async_callback(engine.dispose)
-            await upgrade(engine)
             store = Store(engine, settings.conversation_lock_s)
+            # Last out: waits for the writes in flight, then disposes of the engine.
+            stack.push_async_callback(store.close)
+            await upgrade(engine)
             keys = ApiKeys(engine, settings.key_cache_s)
             redis = None
             if settings.redis_url is not None:

@@ -17,6 +17,7 @@ a batch of a few dozen writes took hundreds of milliseconds, and every new strea
 from __future__ import annotations
 
 import asyncio
+import logging
 import sqlite3
 import threading
 from collections.abc import Callable
@@ -30,6 +31,8 @@ from sqlalchemy.pool import NullPool
 
 from .errors import ConversationBusy
 
+log = logging.getLogger("chatrelay.store")
+
 T = TypeVar("T")
 Write = Callable[[Connection, bool], Any]
 
@@ -38,13 +41,20 @@ class GroupCommit:
     """Runs writes `write(connection, alone)` in shared transactions, one after another."""
 
     def __init__(self, engine: AsyncEngine) -> None:
-        self._transact: Callable[[Callable[[Connection], Any]], Any]
+        self._transaction: _SQLiteThread | _AsyncTransaction
         if engine.dialect.name == "sqlite" and engine.dialect.driver == "aiosqlite":
-            self._transact = _SQLiteThread(engine).transact
+            self._transaction = _SQLiteThread(engine)
         else:
-            self._transact = _async_transaction(engine)
+            self._transaction = _AsyncTransaction(engine)
+        self._transact = self._transaction.transact
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
+
+    async def aclose(self) -> None:
+        """Wait for what is in flight (before the engine is disposed of)."""
+        if self._flusher is not None:
+            await asyncio.wait({self._flusher})
+        await self._transaction.aclose()
 
     async def run(self, write: Callable[[Connection, bool], T]) -> T:
         loop = asyncio.get_running_loop()
@@ -83,12 +93,19 @@ class GroupCommit:
             self._flusher = None
 
 
-def _async_transaction(engine: AsyncEngine) -> Callable[[Callable[[Connection], Any]], Any]:
-    async def transact(work: Callable[[Connection], T]) -> T:
-        async with engine.begin() as connection:
+class _AsyncTransaction:
+    """A transaction through the async engine (PostgreSQL: asyncpg's round trips are the
+    network's, with no thread to wait for)."""
+
+    def __init__(self, engine: AsyncEngine) -> None:
+        self._engine = engine
+
+    async def transact(self, work: Callable[[Connection], T]) -> T:
+        async with self._engine.begin() as connection:
             return await connection.run_sync(work)
 
-    return transact
+    async def aclose(self) -> None:
+        return None
 
 
 class _SQLiteThread:
@@ -103,12 +120,14 @@ class _SQLiteThread:
     def __init__(self, engine: AsyncEngine) -> None:
         self._engine = engine
         self._lent = threading.local()
+        self._closing: set[asyncio.Future[None]] = set()
         self._sync: Engine = create_engine(
             "sqlite://", poolclass=NullPool, creator=lambda: _Borrowed(self._lent.connection)
         )
 
     async def transact(self, work: Callable[[Connection], T]) -> T:
-        async with self._engine.connect() as connection:
+        connection = await self._engine.connect()
+        try:
             raw = await connection.get_raw_connection()
             driver: Any = raw.driver_connection  # the aiosqlite.Connection
 
@@ -122,7 +141,25 @@ class _SQLiteThread:
 
             # aiosqlite's own queue to its thread, as SQLAlchemy's aiosqlite dialect uses it.
             result: T = await driver._execute(on_thread)
-            return result
+        except BaseException:
+            await connection.close()
+            raise
+        # Committed: the writers may go on. Handing the connection back (the pool's reset is one
+        # more trip to the thread, and a busy loop's turn) need not hold them; the next
+        # checkout waits for it in the pool.
+        closing = asyncio.ensure_future(connection.close())
+        self._closing.add(closing)
+        closing.add_done_callback(self._closed)
+        return result
+
+    async def aclose(self) -> None:
+        if self._closing:
+            await asyncio.wait(self._closing)
+
+    def _closed(self, closing: asyncio.Future[None]) -> None:
+        self._closing.discard(closing)
+        if not closing.cancelled() and (error := closing.exception()) is not None:
+            log.error("could not hand a connection back to the pool: %r", error)
 
 
 class _Borrowed:

@@ -85,6 +85,7 @@ class Store:
         self._writes = GroupCommit(engine)
 
     async def close(self) -> None:
+        await self._writes.aclose()
         await self.engine.dispose()
 
     # -- conversations ---------------------------------------------------------------------
