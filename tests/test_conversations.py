@@ -93,6 +93,31 @@ async def test_a_known_id_needs_only_the_new_message(
     ]
 
 
+async def test_the_next_turn_may_be_sent_the_moment_done_arrives(
+    client: httpx.AsyncClient, fake: FakeAnthropic, database_url: str
+) -> None:
+    """A client that posts its next message as soon as it reads `[DONE]` (before the first
+    response has even ended) finds the conversation free, with the first reply in it."""
+    fake.enqueue(*(Scenario(deltas=[f"answer {n}"]) for n in range(5)))
+    async with serve(claude(fake, database_url)) as url:
+        cid = None
+        for n in range(5):
+            body: dict[str, Any] = {"messages": [user(f"question {n}")]}
+            if cid is not None:
+                body["conversation_id"] = cid
+            async with client.stream("POST", f"{url}/ai/stream/chat", json=body) as response:
+                assert response.status_code == 200, await response.aread()
+                cid = response.headers["x-conversation-id"]
+                async for line in response.aiter_lines():
+                    if line == "data: [DONE]":
+                        break  # and on to the next turn, this response still open
+        assert cid is not None
+        stored = await conversation(client, url, cid)
+    assert [m["content"] for m in stored["messages"]] == [
+        text for n in range(5) for text in (f"question {n}", f"answer {n}")
+    ]
+
+
 @pytest.mark.parametrize(
     "sent",
     [
