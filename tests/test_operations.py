@@ -177,13 +177,11 @@ def test_one_json_log_line_per_request_and_per_finished_stream(tmp_path: Path) -
     assert request["method"] == "POST" and request["principal"] == "public"
 
 
-async def test_tracing_gives_a_server_span_per_request_and_an_upstream_child(
-    client: httpx.AsyncClient, tmp_path: Path
-) -> None:
+async def traced_chat(client: httpx.AsyncClient, tmp_path: Path) -> Any:
+    """One chat through a mock-provider server with tracing to memory; its span exporter."""
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
     from chatrelay.app import create_app
-    from chatrelay.tracing import wanted
 
     from .conftest import serve_app
 
@@ -194,6 +192,15 @@ async def test_tracing_gives_a_server_span_per_request_and_an_upstream_child(
     app.state.span_exporter = exporter
     async with serve_app(app) as url:
         await stream_chat(client, url, {"messages": USER_HI})
+    return exporter
+
+
+async def test_tracing_gives_a_server_span_per_request_and_an_upstream_child(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    from chatrelay.tracing import wanted
+
+    exporter = await traced_chat(client, tmp_path)
     spans = {span.name: span for span in exporter.get_finished_spans()}
     server, upstream = spans["POST /ai/stream/chat"], spans["upstream"]
     assert server.attributes["http.response.status_code"] == 200
@@ -215,20 +222,10 @@ async def test_a_global_tracer_provider_does_not_double_the_spans(
     from opentelemetry.sdk.trace.export import SimpleSpanProcessor
     from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 
-    from chatrelay.app import create_app
-
-    from .conftest import serve_app
-
     global_spans = InMemorySpanExporter()
     provider = TracerProvider()
     provider.add_span_processor(SimpleSpanProcessor(global_spans))
     monkeypatch.setattr(trace, "get_tracer_provider", lambda: provider)
-    app = create_app(
-        make_settings(provider="mock", database_url=f"sqlite+aiosqlite:///{tmp_path}/t.db")
-    )
-    ours = InMemorySpanExporter()
-    app.state.span_exporter = ours
-    async with serve_app(app) as url:
-        await stream_chat(client, url, {"messages": USER_HI})
+    ours = await traced_chat(client, tmp_path)
     assert [span.name for span in global_spans.get_finished_spans()] == []
     assert "POST /ai/stream/chat" in [span.name for span in ours.get_finished_spans()]

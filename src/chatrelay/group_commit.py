@@ -46,7 +46,6 @@ class GroupCommit:
             self._transaction = _SQLiteThread(engine)
         else:
             self._transaction = _AsyncTransaction(engine)
-        self._transact = self._transaction.transact
         self._pending: list[tuple[Write, asyncio.Future[Any]]] = []
         self._flusher: asyncio.Task[None] | None = None
 
@@ -77,11 +76,11 @@ class GroupCommit:
                     continue
                 writes = [write for write, _ in batch]
                 try:
-                    results = await self._transact(partial(_together, writes=writes))
+                    results = await self._transaction.transact(partial(_together, writes=writes))
                 except Exception:
                     for write, done in batch:
                         try:
-                            result = await self._transact(partial(_alone, write))
+                            result = await self._transaction.transact(partial(_alone, write))
                         except Exception as exc:
                             _settle(done, exception=exc)
                         else:
