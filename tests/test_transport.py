@@ -1120,3 +1120,160 @@ async def test_a_body_iterator_kept_past_its_response_never_reads_the_next_one()
             await chunks.__anext__()
         assert await new.aread() == b"first"
     assert up.accepted == 1  # it really was the same connection
+
+
+# ------------------------------------------------------- 11. a reply's end and its body's end
+
+
+def _sse(event: str, data: dict[str, Any]) -> bytes:
+    return b"event: %s\ndata: %s\n\n" % (event.encode(), json.dumps(data).encode())
+
+
+ANTHROPIC_EVENTS = [
+    _sse(
+        "message_start",
+        {"type": "message_start", "message": {"usage": {"input_tokens": 3, "output_tokens": 1}}},
+    ),
+    _sse(
+        "content_block_delta",
+        {"type": "content_block_delta", "index": 0, "delta": {"type": "text_delta", "text": "hi"}},
+    ),
+    _sse(
+        "message_delta",
+        {
+            "type": "message_delta",
+            "delta": {"stop_reason": "end_turn"},
+            "usage": {"output_tokens": 2},
+        },
+    ),
+    _sse("message_stop", {"type": "message_stop"}),
+]
+OPENAI_EVENTS = [
+    b'data: {"choices":[{"index":0,"delta":{"content":"hi"}}]}\n\n',
+    b'data: {"choices":[{"index":0,"delta":{},"finish_reason":"stop"}]}\n\n',
+    b"data: [DONE]\n\n",
+]
+
+
+def reply_then_body_end(
+    events: list[bytes], *, after: float, end: bytes = LAST_CHUNK, ended_at: list[float]
+) -> Handler:
+    """A keep-alive handler: each reply's events in one write, then, `after` seconds later (if
+    the client is still there), the body's end, noting when it was written."""
+
+    async def handler(conn: Conn) -> None:
+        while await conn.read_request() is not None:
+            await conn.send(CHUNKED_HEAD + b"".join(chunk(event) for event in events))
+            deadline = now() + after
+            while now() < deadline:
+                if conn.reader.at_eof():  # the client hung up (without sending anything)
+                    return
+                await asyncio.sleep(0.005)
+            ended_at.append(now())
+            await conn.send(end)
+
+    return handler
+
+
+def provider_for(kind: str, url: str) -> Any:
+    from chatrelay.providers.anthropic import AnthropicProvider
+    from chatrelay.providers.openai import OpenAIProvider
+
+    if kind == "anthropic":
+        return AnthropicProvider(anthropic_client(url))
+    return OpenAIProvider(openai_client(url + "/v1"), official=False)
+
+
+async def reply_ends_at(provider: Any) -> float:
+    """Stream one reply to its Stop (checking its text); the loop time the Stop came."""
+    from chatrelay.events import Stop, TextDelta
+    from chatrelay.providers import ChatParams
+
+    params = ChatParams(model="m", messages=USER_X, max_tokens=10)
+    text = []
+    async with contextlib.aclosing(provider.stream(params)) as events:
+        async for event in events:
+            if isinstance(event, TextDelta):
+                text.append(event.text)
+            elif isinstance(event, Stop):
+                assert event.reason in ("end_turn", "stop")
+                stopped = now()
+    assert text == ["hi"]
+    return stopped
+
+
+@pytest.mark.parametrize("kind", ["anthropic", "openai"])
+async def test_a_late_body_end_holds_up_neither_the_reply_nor_the_next_one(kind: str) -> None:
+    """The upstream's last event came, its chunked terminator 30 ms later: the reply ends at
+    once, and the next request still reuses the connection once the terminator is in."""
+    ended_at: list[float] = []
+    events = ANTHROPIC_EVENTS if kind == "anthropic" else OPENAI_EVENTS
+    handler = reply_then_body_end(events, after=0.03, ended_at=ended_at)
+    async with Upstream(handler) as up:
+        provider = provider_for(kind, up.url)
+        try:
+            stopped = await reply_ends_at(provider)
+            assert not ended_at  # the reply was whole before its body was
+            await eventually(lambda: bool(ended_at))
+            await asyncio.sleep(0.01)  # the terminator is read
+            assert ended_at[0] > stopped
+            await reply_ends_at(provider)
+        finally:
+            await provider.aclose()
+    assert up.accepted == 1
+
+
+async def test_a_body_end_that_never_comes_costs_the_connection_not_the_reply() -> None:
+    """No terminator within the wait: the reply still ends at once, the connection is closed
+    soon after (not kept half-read), and the next request opens a new one."""
+    ended_at: list[float] = []
+    handler = reply_then_body_end(ANTHROPIC_EVENTS, after=5.0, ended_at=ended_at)
+    async with Upstream(handler) as up:
+        provider = provider_for("anthropic", up.url)
+        try:
+            stopped = await reply_ends_at(provider)
+            await eventually(lambda: up.active == 0, 0.5)
+            closed = now()
+            assert closed - stopped < 0.3
+            await reply_ends_at(provider)
+        finally:
+            await provider.aclose()
+    assert up.accepted == 2
+    assert not ended_at
+
+
+async def test_bytes_after_a_late_body_end_spoil_the_connection() -> None:
+    """The terminator came late with junk after it, in one read: the connection is not kept."""
+    ended_at: list[float] = []
+    junk = LAST_CHUNK + b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n"
+    handler = reply_then_body_end(ANTHROPIC_EVENTS, after=0.02, end=junk, ended_at=ended_at)
+    async with Upstream(handler) as up:
+        provider = provider_for("anthropic", up.url)
+        try:
+            await reply_ends_at(provider)
+            await eventually(lambda: bool(ended_at))
+            await eventually(lambda: up.active == 0, 0.5)
+            await reply_ends_at(provider)
+        finally:
+            await provider.aclose()
+    assert up.accepted == 2
+
+
+async def test_a_connection_waiting_for_its_body_end_is_handed_to_the_next_in_line() -> None:
+    """Under a cap of one, a request made while the last response's body end is awaited
+    waits for it, then gets the very connection (no new handshake)."""
+    from chatrelay.providers.transport import EXPECT_END
+
+    ended_at: list[float] = []
+    handler = reply_then_body_end([b"last event"], after=0.03, ended_at=ended_at)
+    async with Upstream(handler) as up, relay_client(1) as client:
+        async with client.stream("GET", up.url) as r:
+            async for piece in r.aiter_raw():
+                assert piece == b"last event"
+                break
+            r.extensions[EXPECT_END]()
+        async with asyncio.timeout(1), client.stream("GET", up.url) as r:
+            assert ended_at  # it waited for the first body's end
+            assert [piece async for piece in r.aiter_raw()] == [b"last event"]
+            r.extensions[EXPECT_END]()
+    assert up.accepted == 1

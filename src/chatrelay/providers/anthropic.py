@@ -195,7 +195,7 @@ class AnthropicProvider:
                             elif kind == "thinking_delta":
                                 yield ThinkingDelta(delta["thinking"])
                         elif event == b"message_stop":
-                            await finish_body(chunks)
+                            await finish_body(response.http_response, chunks)
                             yield Stop(usage.stop_reason)
                             return
                         elif event in _USAGE_EVENTS:

@@ -188,7 +188,7 @@ class OpenAIProvider:
                             yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
                     else:
                         continue
-                    await finish_body(chunks)
+                    await finish_body(response.http_response, chunks)
                     break  # [DONE]
                 if finish is not None:
                     yield Stop(finish)

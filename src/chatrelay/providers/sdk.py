@@ -22,6 +22,7 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
+from .transport import BODY_END_WAIT_S, EXPECT_END, RelayTransport
 
 
 def retry_after_seconds(headers: Mapping[str, str]) -> float | None:
@@ -94,8 +95,6 @@ class ClientOptions:
         """Keyword arguments for an SDK client constructor."""
         client_kwargs: dict[str, Any]
         if self.transport == "relay" and not proxy_configured():
-            from .transport import RelayTransport
-
             client_kwargs = {"transport": RelayTransport(max_connections=self.max_connections)}
         else:
             # The SDKs' default pool (1,000 connections, 100 kept alive) would queue or
@@ -147,19 +146,19 @@ def body_chunks(response: httpx2.Response) -> AsyncIterator[bytes]:
     return response.aiter_bytes()
 
 
-# How long a finished reply waits for the rest of its HTTP body (the chunked terminator, which
-# nearly always came in the same read) before giving up on reusing the connection.
-_BODY_END_WAIT_S = 0.05
-
-
-async def finish_body(chunks: AsyncIterator[bytes]) -> None:
-    """Read what is left of a response whose last event has arrived.
+async def finish_body(response: httpx2.Response, chunks: AsyncIterator[bytes]) -> None:
+    """Give back the connection of a response whose last event has arrived.
 
     A response closed before its body ended takes its connection with it, and the next stream
-    pays for a new TCP (and TLS) handshake; one read to the end lets the transport keep it.
+    pays for a new TCP (and TLS) handshake. Our transport waits for the body's end itself, in
+    the background, so the reply's end is not held up by it; under the `httpx` transport the
+    reader has to read to the end, for at most as long.
     """
+    if (expect_end := response.extensions.get(EXPECT_END)) is not None:
+        expect_end()
+        return
     try:
-        async with asyncio.timeout(_BODY_END_WAIT_S):
+        async with asyncio.timeout(BODY_END_WAIT_S):
             async for _ in chunks:
                 pass
     except (TimeoutError, httpx2.HTTPError):

@@ -22,7 +22,7 @@ from __future__ import annotations
 import asyncio
 import ssl
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from typing import Any, cast
 
 import httptools
@@ -31,6 +31,15 @@ import httpx2
 # Reading pauses when a consumer falls this far behind (and resumes once it has taken what
 # was buffered), so a slow reader holds a bounded amount of memory, not an unbounded queue.
 _HIGH_WATER = 256 * 1024
+
+# The response extension (a callable) by which a reader that has had a reply's last event says
+# so: see `_ResponseStream.expect_end`.
+EXPECT_END = "chatrelay.expect_end"
+
+# How long a connection whose reply has ended waits, in the background, for the rest of its
+# HTTP body (the chunked terminator, nearly always in the same read) before it is closed rather
+# than kept for the next request.
+BODY_END_WAIT_S = 0.05
 
 
 class _Connection(asyncio.Protocol):
@@ -59,6 +68,9 @@ class _Connection(asyncio.Protocol):
         self._no_body = False  # the request was HEAD
         self._response = 0  # counts the responses served; a body iterator belongs to one
         self._stray = False  # bytes came after the response: never reuse this connection
+        # Set while the pool waits for the body's end of a response its reader has left.
+        self._on_end: Callable[[], None] | None = None
+        self._end_timer: asyncio.TimerHandle | None = None
 
     # -- asyncio.Protocol --------------------------------------------------------------------
 
@@ -86,6 +98,7 @@ class _Connection(asyncio.Protocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self._cancel_timer()
+        self._end_soon()
         if self._parser is None or self._complete:
             return
         if self._until_close and self._head is not None and self._head.done():
@@ -227,6 +240,18 @@ class _Connection(asyncio.Protocol):
                     self._waiter = None
 
     @property
+    def may_still_end(self) -> bool:
+        """Whether the response is still arriving as it should, so its end may yet come."""
+        return not (self._complete or self.closed or self._stray or self._until_close) and (
+            self._error is None
+        )
+
+    def on_end(self, within: float, callback: Callable[[], None]) -> None:
+        """Call `callback` once the response is whole or has failed, or after `within` s."""
+        self._on_end = callback
+        self._end_timer = self.loop.call_later(within, self._ended)
+
+    @property
     def reusable(self) -> bool:
         return (
             self._complete
@@ -247,6 +272,10 @@ class _Connection(asyncio.Protocol):
     def close(self) -> None:
         self.closed = True
         self._cancel_timer()
+        self._on_end = None  # whoever closes us has decided our fate already
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
         if self.transport is not None:
             self.transport.close()
 
@@ -261,6 +290,7 @@ class _Connection(asyncio.Protocol):
         self._complete = True
         self._cancel_timer()
         self._wake()
+        self._end_soon()
 
     def _fail(self, error: Exception) -> None:
         if self._error is None:
@@ -269,9 +299,24 @@ class _Connection(asyncio.Protocol):
         if self._head is not None and not self._head.done():
             self._head.set_result(None)
         self._wake()
+        self._end_soon()
         if self.transport is not None:
             self.transport.close()
         self.closed = True
+
+    def _end_soon(self) -> None:
+        # Not from inside the parser's callbacks: the rest of the read (stray bytes after the
+        # response, say) must be seen before the pool judges whether we can be reused.
+        if self._on_end is not None:
+            self.loop.call_soon(self._ended)
+
+    def _ended(self) -> None:
+        callback, self._on_end = self._on_end, None
+        if self._end_timer is not None:
+            self._end_timer.cancel()
+            self._end_timer = None
+        if callback is not None:
+            callback()
 
     def _arm_timer(self) -> None:
         if self._read_timeout is not None and self._timer is None:
@@ -303,6 +348,17 @@ class _ResponseStream(httpx2.AsyncByteStream):
         self._pool = pool
         self._key = key
         self._conn: _Connection | None = conn
+        self._end_expected = False
+
+    def expect_end(self) -> None:
+        """The reader has had the reply's last event and will read no further.
+
+        Only the body's end (a chunked terminator) may still be on its way: closing the
+        response then waits for it in the background, keeping the connection for the next
+        request if it comes within `BODY_END_WAIT_S`, instead of holding up the reader or
+        throwing the connection away.
+        """
+        self._end_expected = True
 
     def __aiter__(self) -> AsyncIterator[bytes]:
         # The connection's own iterator, not a generator around it: one layer less per chunk.
@@ -313,7 +369,7 @@ class _ResponseStream(httpx2.AsyncByteStream):
     async def aclose(self) -> None:
         conn, self._conn = self._conn, None
         if conn is not None:
-            self._pool.give_back(self._key, conn)
+            self._pool.give_back(self._key, conn, wait_for_end=self._end_expected)
 
 
 class RelayTransport(httpx2.AsyncBaseTransport):
@@ -372,11 +428,12 @@ class RelayTransport(httpx2.AsyncBaseTransport):
         except BaseException:
             self._drop(conn)
             raise
+        stream = _ResponseStream(self, key, conn)
         return httpx2.Response(
             status_code=conn.status_code(),
             headers=conn.response_headers(),
-            stream=_ResponseStream(self, key, conn),
-            extensions=conn.extensions(),
+            stream=stream,
+            extensions={**conn.extensions(), EXPECT_END: stream.expect_end},
         )
 
     async def _acquire(
@@ -461,11 +518,16 @@ class RelayTransport(httpx2.AsyncBaseTransport):
         self._open.add(conn)
         return conn
 
-    def give_back(self, key: tuple[str, str, int], conn: _Connection) -> None:
+    def give_back(
+        self, key: tuple[str, str, int], conn: _Connection, *, wait_for_end: bool = False
+    ) -> None:
         if conn.reusable:
             conn.release()
             self._idle.setdefault(key, []).append(conn)
             self._wake_one()
+        elif wait_for_end and conn.may_still_end:
+            # Still open and counted against the cap meanwhile: it is a real socket.
+            conn.on_end(BODY_END_WAIT_S, lambda: self.give_back(key, conn))
         else:
             self._drop(conn)
 
