@@ -79,6 +79,9 @@ async def test_the_upstream_gets_the_request_in_the_messages_api_shape(
     [request] = fake.requests
     assert request.path == "/v1/messages"
     assert request.api_key == SECRET_KEY
+    assert request.headers["authorization"] == f"Bearer {SECRET_KEY}"  # as the SDK sends it
+    assert request.headers["content-type"] == "application/json"
+    assert request.headers["anthropic-version"]  # the SDK's, whichever it is
     assert request.body == {
         "model": "claude-sonnet-5-5",
         "max_tokens": 300,

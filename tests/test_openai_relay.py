@@ -187,6 +187,7 @@ async def test_the_upstream_gets_the_request_in_the_chat_completions_shape(
     assert request.method == "POST"
     assert request.path.endswith("/chat/completions")
     assert request.path == "/v1/chat/completions"
+    assert request.headers["content-type"] == "application/json"
     assert request.body == {
         "model": MODEL,
         "messages": [

@@ -4,21 +4,22 @@ Facts this module is built on (measured on anthropic 2.12, see docs/ARCHITECTURE
 - CPU per relayed delta (bench/sdk_streaming.py, 200 streams): the accumulating
   `messages.stream()` helper ~130 us, `messages.create(stream=True)` ~75 us, and the SDK's
   raw streaming response read with our own small SSE decoder ~43 us, which is within noise of
-  plain httpx2. So we use `with_streaming_response`: the SDK still builds, authenticates and
-  sends the request and raises its status errors, and we decode only the events we relay.
+  plain httpx2. So the request goes through the SDK's `post` for a raw response
+  (`sdk.post_stream`): the SDK still authenticates and sends it and raises its status
+  errors, and we decode only the events we relay.
 - The SDK's own retries are turned off (`max_retries=0`): it honours any `retry-after` without a
   cap, and the relay retries with a capped, jittered backoff instead.
 - An `event: error` mid-stream is mapped by its `error.type`. A cut connection arrives as a raw
   `httpx2` error, and a body that just ends without `message_stop` is not an error to the SDK:
   the relay treats a stream without `Stop` as one.
-- `temperature`, `top_p` and `top_k` are no longer keywords of the SDK; they go in
-  `extra_body` (the service sends them only to models that accept them, see models.py).
+- `temperature`, `top_p` and `top_k` are no longer keywords of the SDK's `create()`; the body
+  we send is our own, so they are plain fields in it (sent only to models that accept them,
+  see models.py).
 """
 
 from __future__ import annotations
 
 import logging
-import warnings
 from collections.abc import AsyncGenerator
 from typing import Any
 
@@ -44,6 +45,7 @@ from .sdk import (
     connection_error,
     error_for_status,
     finish_body,
+    post_stream,
     redact,
     transport_error,
 )
@@ -134,11 +136,6 @@ class AnthropicProvider:
             open_telemetry=False,
             **options.sdk_kwargs(anthropic.DefaultAsyncHttpxClient),
         )
-        # The SDK warns about retiring models through `warnings` on every request; we tell the
-        # client in the start frame instead (see `warnings()`).
-        warnings.filterwarnings(
-            "ignore", message=r"The model '.*' is deprecated", category=DeprecationWarning
-        )
         return cls(client)
 
     def check(self, params: ChatParams) -> None:
@@ -162,29 +159,24 @@ class AnthropicProvider:
             request["stop_sequences"] = params.stop_sequences
         if params.thinking is not None:
             request["thinking"] = params.thinking
-        sampling = {
-            name: value
-            for name, value in (
-                ("temperature", params.temperature),
-                ("top_p", params.top_p),
-                ("top_k", params.top_k),
-            )
-            if value is not None
-        }
-        if sampling:
-            request["extra_body"] = sampling
+        for name, value in (
+            ("temperature", params.temperature),
+            ("top_p", params.top_p),
+            ("top_k", params.top_k),
+        ):
+            if value is not None:
+                request[name] = value
         return request
 
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
         try:
-            async with self._client.messages.with_streaming_response.create(
-                **self._request(params)
-            ) as response:
-                # Leaving this block (end, error, cancellation or aclose) closes the response
-                # and with it the upstream socket: no tokens are generated for nobody.
+            response = await post_stream(self._client, "/v1/messages", self._request(params))
+            # Leaving (end, error, cancellation or aclose) closes the response and with it the
+            # upstream socket: no tokens are generated for nobody.
+            try:
                 decoder = SSEDecoder()
                 usage = _UsageCounter()
-                chunks = body_chunks(response.http_response)
+                chunks = body_chunks(response)
                 async for chunk in chunks:
                     for event, data in decoder.feed(chunk):
                         if event == b"content_block_delta":
@@ -195,15 +187,15 @@ class AnthropicProvider:
                             elif kind == "thinking_delta":
                                 yield ThinkingDelta(delta["thinking"])
                         elif event == b"message_stop":
-                            await finish_body(response.http_response, chunks)
+                            await finish_body(response, chunks)
                             yield Stop(usage.stop_reason)
                             return
                         elif event in _USAGE_EVENTS:
                             yield usage.update(orjson.loads(data))
                         elif event == b"error":
-                            raise _stream_error(
-                                data, response.http_response.headers, self._client.api_key
-                            )
+                            raise _stream_error(data, response.headers, self._client.api_key)
+            finally:
+                await response.aclose()
         except anthropic.APIStatusError as exc:
             raise map_status_error(exc, self._client.api_key) from None
         except anthropic.APIConnectionError as exc:

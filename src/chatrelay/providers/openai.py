@@ -35,6 +35,7 @@ from .sdk import (
     connection_error,
     error_for_status,
     finish_body,
+    post_stream,
     redact,
     transport_error,
 )
@@ -146,7 +147,7 @@ class OpenAIProvider:
         else:
             request["max_tokens"] = params.max_tokens
             if params.top_k is not None:
-                request["extra_body"] = {"top_k": params.top_k}
+                request["top_k"] = params.top_k
         if params.temperature is not None:
             request["temperature"] = params.temperature
         if params.top_p is not None:
@@ -158,12 +159,11 @@ class OpenAIProvider:
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
         want_reasoning = params.thinking is not None
         try:
-            async with self._client.chat.completions.with_streaming_response.create(
-                **self._request(params)
-            ) as response:
+            response = await post_stream(self._client, "/chat/completions", self._request(params))
+            try:
                 decoder = SSEDecoder()
                 finish: str | None = None
-                chunks = body_chunks(response.http_response)
+                chunks = body_chunks(response)
                 async for chunk in chunks:
                     for _event, data in decoder.feed(chunk):
                         if data == b"[DONE]":
@@ -188,11 +188,13 @@ class OpenAIProvider:
                             yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
                     else:
                         continue
-                    await finish_body(response.http_response, chunks)
+                    await finish_body(response, chunks)
                     break  # [DONE]
                 if finish is not None:
                     yield Stop(finish)
                 # No finish_reason: the relay ends the stream with upstream_error.
+            finally:
+                await response.aclose()
         except openai.APIStatusError as exc:
             body = exc.body if isinstance(exc.body, dict) else {}
             detail = str(body.get("message") or "")
