@@ -24,9 +24,9 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 import anthropic
-import httpx2
 import orjson
 
+from chatrelay.providers.sdk import post_stream
 from chatrelay.providers.transport import RelayTransport
 from sdk_streaming import start_fake  # a sibling script: bench/ is on sys.path
 
@@ -49,13 +49,7 @@ async def via_create(client: anthropic.AsyncAnthropic, body: dict[str, Any]) -> 
 
 
 async def via_post(client: anthropic.AsyncAnthropic, body: dict[str, Any]) -> None:
-    response = await client.post(
-        "/v1/messages",
-        cast_to=httpx2.Response,
-        content=orjson.dumps(body),
-        stream=True,
-        stream_cls=None,
-    )
+    response = await post_stream(client, "/v1/messages", body)
     try:
         async for _ in response.aiter_raw():
             pass

@@ -242,9 +242,8 @@ class _Connection(asyncio.Protocol):
     @property
     def may_still_end(self) -> bool:
         """Whether the response is still arriving as it should, so its end may yet come."""
-        return not (self._complete or self.closed or self._stray or self._until_close) and (
-            self._error is None
-        )
+        ended = self._complete or self._error is not None or self.closed
+        return not (ended or self._stray or self._until_close)
 
     def on_end(self, within: float, callback: Callable[[], None]) -> None:
         """Call `callback` once the response is whole or has failed, or after `within` s."""
@@ -273,9 +272,7 @@ class _Connection(asyncio.Protocol):
         self.closed = True
         self._cancel_timer()
         self._on_end = None  # whoever closes us has decided our fate already
-        if self._end_timer is not None:
-            self._end_timer.cancel()
-            self._end_timer = None
+        self._cancel_end_timer()
         if self.transport is not None:
             self.transport.close()
 
@@ -312,11 +309,14 @@ class _Connection(asyncio.Protocol):
 
     def _ended(self) -> None:
         callback, self._on_end = self._on_end, None
+        self._cancel_end_timer()
+        if callback is not None:
+            callback()
+
+    def _cancel_end_timer(self) -> None:
         if self._end_timer is not None:
             self._end_timer.cancel()
             self._end_timer = None
-        if callback is not None:
-            callback()
 
     def _arm_timer(self) -> None:
         if self._read_timeout is not None and self._timer is None:
