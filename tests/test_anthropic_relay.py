@@ -8,11 +8,13 @@ import logging
 import socket
 import time
 from collections.abc import AsyncIterator
+from datetime import UTC, datetime
 from typing import Any
 
 import httpx
 import pytest
 
+from chatrelay import catalog
 from chatrelay.logs import JSONFormatter
 from chatrelay.settings import Settings
 
@@ -129,14 +131,26 @@ async def test_temperature_reaches_only_models_that_accept_it(
     assert result.named("end")["reason"] == "completed"
 
 
-async def test_a_deprecated_model_still_streams_and_the_client_is_told(
+@pytest.mark.parametrize("model", ["claude-opus-4-5", "claude-sonnet-4-5-20250929"])
+async def test_a_deprecated_or_retired_model_still_streams_and_the_client_is_told(
+    client: httpx.AsyncClient, fake: FakeAnthropic, model: str
+) -> None:
+    result = await relay(client, fake, {"messages": USER_HI}, model=model)
+    end_of_life = catalog.retires_on("anthropic", model)
+    assert end_of_life is not None
+    today = datetime.now(UTC).date()
+    assert result.named("start")["warnings"] == [
+        catalog.lifecycle_warning("anthropic", model, today)
+    ]
+    assert end_of_life.isoformat() in result.named("start")["warnings"][0]
+    assert result.text == "Hello, world!"
+
+
+async def test_a_current_model_carries_no_lifecycle_warning(
     client: httpx.AsyncClient, fake: FakeAnthropic
 ) -> None:
-    result = await relay(client, fake, {"messages": USER_HI}, model="claude-sonnet-4-5")
-    assert result.named("start")["warnings"] == [
-        "claude-sonnet-4-5 is deprecated and reaches end-of-life on November 30th, 2026"
-    ]
-    assert result.text == "Hello, world!"
+    result = await relay(client, fake, {"messages": USER_HI}, model="claude-sonnet-5-5")
+    assert "warnings" not in result.named("start")
 
 
 ERRORS = [

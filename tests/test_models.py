@@ -13,7 +13,7 @@ import pytest
 
 from chatrelay.app import create_app
 from chatrelay.errors import ConfigError
-from chatrelay.models import claude_accepts_sampling, load_models_file
+from chatrelay.models import load_models_file
 
 from .conftest import USER_HI, error_of, make_settings, serve, stream_chat
 from .fakes.anthropic_upstream import FakeAnthropic, Scenario
@@ -388,23 +388,3 @@ def test_create_app_refuses_a_bad_models_file(tmp_path: Path) -> None:
     path.write_text("[models.a\n")
     with pytest.raises(ConfigError, match="line 1"):
         create_app(make_settings(models_file=path))
-
-
-@pytest.mark.parametrize(
-    ("model", "accepts"),
-    [
-        ("claude-sonnet-4-6", True),
-        ("claude-opus-4-6", True),
-        ("claude-haiku-4-5-20251001", True),
-        ("claude-3-5-sonnet-20241022", True),
-        ("claude-3-opus-20240229", True),
-        ("claude-opus-4-7", False),
-        ("claude-opus-5", False),
-        ("claude-sonnet-5-5", False),
-        ("claude-haiku-5-5", False),
-        ("claude-fable-5-2", False),
-        ("claude-mythos-preview", False),
-    ],
-)
-def test_which_claude_models_accept_a_temperature(model: str, accepts: bool) -> None:
-    assert claude_accepts_sampling(model) is accepts

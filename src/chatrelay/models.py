@@ -33,6 +33,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
+from . import catalog
 from .errors import ConfigError
 from .settings import Settings
 
@@ -41,27 +42,6 @@ DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 # Local OpenAI-compatible servers (Ollama, vLLM, llama.cpp) need no key, but the SDK insists
 # on a non-empty one.
 PLACEHOLDER_KEY = "not-needed"
-
-# Claude families and the first version that rejects sampling parameters (temperature, top_p,
-# top_k) with a 400. A family not listed here, or an id we cannot parse, is assumed to reject
-# them: a new model then loses a temperature rather than failing every request.
-_CLAUDE_SAMPLING_CUTOFF = {"opus": (4, 7), "sonnet": (5, 0), "haiku": (5, 5)}
-_CLAUDE_LEGACY_ID = re.compile(r"claude-\d+(?:-\d+)?-[a-z]")  # claude-3-5-sonnet-...
-_CLAUDE_ID = re.compile(r"claude-([a-z]+)-(\d+)(?:-(\d{1,2})(?!\d))?")
-# OpenAI's reasoning models accept no temperature but the default.
-_OPENAI_REASONING_ID = re.compile(r"^(?:openai/)?(?:o\d|gpt-5|gpt-6)")
-
-
-def claude_accepts_sampling(model: str) -> bool:
-    """Whether a Claude model id accepts `temperature`/`top_p`/`top_k`."""
-    if _CLAUDE_LEGACY_ID.search(model):
-        return True
-    match = _CLAUDE_ID.search(model)
-    if match is None:
-        return False
-    family, major, minor = match.groups()
-    cutoff = _CLAUDE_SAMPLING_CUTOFF.get(family)
-    return cutoff is not None and (int(major), int(minor or 0)) < cutoff
 
 
 @dataclass(frozen=True, slots=True)
@@ -75,23 +55,25 @@ class ModelSpec:
     api_key_env: str | None = None
     max_tokens: int | None = None
     max_tokens_cap: int | None = None  # the most a request may ask of this model
-    temperature: bool | None = None  # accepts sampling parameters; None: judged by model id
-    vision: bool | None = None  # accepts images; None: Claude and the mock do
+    temperature: bool | None = None  # accepts sampling parameters; None: catalog.py says
+    vision: bool | None = None  # accepts images; None: catalog.py says
     fallbacks: tuple[str, ...] = ()
 
     @property
     def accepts_sampling(self) -> bool:
         if self.temperature is not None:
             return self.temperature
-        if self.provider == "anthropic":
-            return claude_accepts_sampling(self.model)
-        if self.provider == "openai":
-            return _OPENAI_REASONING_ID.match(self.model) is None
-        return True
+        if self.provider == "mock":
+            return True
+        return catalog.accepts_sampling(self.provider, self.model)
 
     @property
     def accepts_images(self) -> bool:
-        return self.vision if self.vision is not None else self.provider != "openai"
+        if self.vision is not None:
+            return self.vision
+        if self.provider == "mock":
+            return True
+        return catalog.accepts_images(self.provider, self.model)
 
 
 class _FileModel(BaseModel):

@@ -12,6 +12,8 @@ Facts this module is built on (measured on anthropic 2.12, see docs/ARCHITECTURE
 - An `event: error` mid-stream is mapped by its `error.type`. A cut connection arrives as a raw
   `httpx2` error, and a body that just ends without `message_stop` is not an error to the SDK:
   the relay treats a stream without `Stop` as one.
+- Which models are deprecated or retired is chatrelay's own knowledge (catalog.py), not the
+  SDK's private list, which changes between minor versions.
 - `temperature`, `top_p` and `top_k` are no longer keywords of the SDK's `create()`; the body
   we send is our own, so they are plain fields in it (sent only to models that accept them,
   see models.py).
@@ -21,13 +23,14 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncGenerator
+from datetime import UTC, datetime
 from typing import Any
 
 import anthropic
 import httpx2
 import orjson
-from anthropic.resources.messages.messages import DEPRECATED_MODELS
 
+from .. import catalog
 from ..errors import (
     UpstreamAuthError,
     UpstreamError,
@@ -142,9 +145,9 @@ class AnthropicProvider:
         return None
 
     def warnings(self, params: ChatParams) -> list[str]:
-        if (retired_on := DEPRECATED_MODELS.get(params.model)) is not None:
-            return [f"{params.model} is deprecated and reaches end-of-life on {retired_on}"]
-        return []
+        today = datetime.now(UTC).date()
+        warning = catalog.lifecycle_warning("anthropic", params.model, today)
+        return [warning] if warning else []
 
     def _request(self, params: ChatParams) -> dict[str, Any]:
         request: dict[str, Any] = {
