@@ -1,4 +1,6 @@
 # A slim image that runs `chatrelay serve` as a non-root user; PORT is honoured (Railway sets it).
+# It installs exactly the locked versions (requirements.txt), then chatrelay itself without
+# resolving anything.
 FROM python:3.11-slim
 
 ENV PYTHONDONTWRITEBYTECODE=1 \
@@ -8,9 +10,12 @@ ENV PYTHONDONTWRITEBYTECODE=1 \
     CHATRELAY_HOST=0.0.0.0
 
 WORKDIR /app
+COPY requirements.txt ./
+RUN pip install --require-hashes --no-deps -r requirements.txt
 COPY pyproject.toml README.md ./
 COPY src ./src
-RUN pip install . \
+RUN pip install --no-deps --no-build-isolation . \
+    && pip check \
     && useradd --create-home --uid 10001 chatrelay
 
 USER chatrelay
