@@ -199,11 +199,15 @@ class JWKSServer:
     def __init__(self) -> None:
         self.keys: list[dict[str, Any]] = []
         self.fetches = 0
+        self.stalled = threading.Event()  # while set, requests hang (until released)
+        self.release = threading.Event()
         outer = self
 
         class Handler(BaseHTTPRequestHandler):
             def do_GET(self) -> None:
                 outer.fetches += 1
+                if outer.stalled.is_set():
+                    outer.release.wait(30)
                 body = json.dumps({"keys": outer.keys}).encode()
                 self.send_response(200)
                 self.send_header("content-type", "application/json")
@@ -232,6 +236,7 @@ def jwks_server() -> Iterator[JWKSServer]:
     try:
         yield server
     finally:
+        server.release.set()
         server.server.shutdown()
         server.server.server_close()
 
@@ -273,6 +278,41 @@ async def test_a_jwks_url_serves_rotating_rsa_and_ec_keys(
     assert retired.status_code == 401
     assert forged.status_code == 401 and "signing key" in forged.json()["error"]["message"]
     assert jwks.fetches >= 2
+
+
+async def test_a_stalled_jwks_never_delays_a_token_with_a_known_key(
+    client: httpx.AsyncClient, tmp_path: Any
+) -> None:
+    signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    with jwks_server() as jwks:
+        jwks.publish(signer, "k1", "RS256")
+        settings = {
+            "provider": "mock",
+            "auth": "jwt",
+            "jwt_jwks_url": jwks.url,
+            "jwt_audience": "chat",
+            "jwks_cooldown_s": 0,
+            "jwks_timeout_s": 1,
+        }
+        async with running(tmp_path, **settings) as (url, _):
+            assert (
+                await client.get(f"{url}/me", headers=bearer(token({}, signer, "RS256", "k1")))
+            ).status_code == 200
+            jwks.stalled.set()  # the provider's JWKS endpoint now hangs
+            unknown = asyncio.create_task(
+                client.get(f"{url}/me", headers=bearer(token({}, signer, "RS256", "k2")))
+            )
+            await asyncio.sleep(0.2)  # its fetch is now hanging
+            started = time.monotonic()
+            known = await client.get(f"{url}/me", headers=bearer(token({}, signer, "RS256", "k1")))
+            known_took = time.monotonic() - started
+            refused = await unknown
+            refused_took = time.monotonic() - started
+    assert known.status_code == 200 and known.json()["principal"]["id"] == "user:alice"
+    assert known_took < 0.5  # not the fetch's 1 s timeout, nor the JWKS's stall
+    assert refused.status_code == 401
+    assert "signing key" in refused.json()["error"]["message"]
+    assert refused_took < 3  # the unknown key waited for the timeout only, not the stall
 
 
 # -- anonymous -------------------------------------------------------------------------------

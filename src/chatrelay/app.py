@@ -20,6 +20,7 @@ from .conversations import Conversations
 from .db import create_engine, upgrade
 from .errors import ChatRelayError, InvalidField, RequestError
 from .eventlogs.factory import instance_id, open_event_log
+from .jwks import JwksKeys
 from .keys import ApiKeys
 from .logs import hide_secrets
 from .metrics import Metrics
@@ -123,13 +124,22 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             app.state.keys = keys
             app.state.quotas = quotas
             app.state.streams = hub
+            jwks = None
+            if settings.jwt_jwks_url and "jwt" in modes:
+                jwks = JwksKeys(
+                    settings.jwt_jwks_url,
+                    timeout_s=settings.jwks_timeout_s,
+                    refresh_s=settings.jwks_refresh_s,
+                    cooldown_s=settings.jwks_cooldown_s,
+                )
+                await jwks.start()
+                stack.push_async_callback(jwks.close)
             app.state.auth = Authenticator(
                 modes,
                 keys=keys,
                 limits=limits,
                 jwt_secret=settings.jwt_secret.get_secret_value() if settings.jwt_secret else None,
-                jwks_url=settings.jwt_jwks_url,
-                jwks_cooldown_s=settings.jwks_cooldown_s,
+                jwks=jwks,
                 issuer=settings.jwt_issuer,
                 audience=settings.jwt_audience,
                 leeway_s=settings.jwt_leeway_s,

@@ -10,7 +10,6 @@ never echoed or logged.
 
 from __future__ import annotations
 
-import asyncio
 import ipaddress
 import logging
 import re
@@ -23,6 +22,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id
 from .errors import ChatRelayError, ConfigError
+from .jwks import JwksKeys, UnknownSigningKey
 from .keys import ApiKeys
 from .principals import PUBLIC, Principal
 from .quotas import Limits
@@ -77,8 +77,7 @@ class Authenticator:
         keys: ApiKeys | None,
         limits: dict[str, Limits],
         jwt_secret: str | None = None,
-        jwks_url: str | None = None,
-        jwks_cooldown_s: float = 5.0,
+        jwks: JwksKeys | None = None,
         issuer: str | None = None,
         audience: str | None = None,
         leeway_s: float = 60.0,
@@ -88,13 +87,7 @@ class Authenticator:
         self._keys = keys
         self._limits = limits
         self._secret = jwt_secret
-        self._jwks: Any = None
-        if "jwt" in modes and jwks_url:
-            import jwt
-
-            self._jwks = jwt.PyJWKClient(
-                jwks_url, cache_keys=False, cooldown_duration=jwks_cooldown_s
-            )
+        self._jwks = jwks if "jwt" in modes else None
         self._issuer = issuer
         self._audience = audience
         self._leeway = leeway_s
@@ -139,9 +132,8 @@ class Authenticator:
 
         try:
             if self._jwks is not None:
-                # PyJWKClient fetches with urllib (blocking): off the event loop.
-                signing = await asyncio.to_thread(self._jwks.get_signing_key_from_jwt, token)
-                key: Any = signing.key
+                kid = jwt.get_unverified_header(token).get("kid")
+                key: Any = (await self._jwks.key(kid if isinstance(kid, str) else None)).key
                 algorithms = ["RS256", "ES256", "RS384", "ES384", "RS512", "PS256"]
             else:
                 key, algorithms = self._secret, ["HS256"]
@@ -162,7 +154,7 @@ class Authenticator:
             raise Unauthorized(
                 "The token was issued by an issuer this server does not trust"
             ) from None
-        except (jwt.PyJWKClientError, jwt.PyJWKClientConnectionError):
+        except UnknownSigningKey:
             raise Unauthorized("The token's signing key is not known") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"The token is not valid: {_reason(exc)}") from None
