@@ -10,6 +10,7 @@ from typing import Any
 
 import uvicorn
 
+from .http_protocol import deadline_protocol
 from .settings import Settings
 
 
@@ -20,14 +21,14 @@ def run(app: Any, settings: Settings) -> None:
         host=settings.host,
         port=settings.port,
         loop="uvloop",
-        http="httptools",
+        http=deadline_protocol(settings.request_timeout_s),
         log_config=None,
         access_log=False,
         # Client addresses come from CHATRELAY_TRUSTED_PROXIES alone (auth.py), not from
         # uvicorn's own X-Forwarded-For handling, which trusts 127.0.0.1 by default.
         proxy_headers=False,
         # Keep-alive must outlast the heartbeat-free gap between a client's requests.
-        timeout_keep_alive=30,
+        timeout_keep_alive=int(settings.keep_alive_s),
         # A backstop only: streams are drained (and ended) before uvicorn waits for them.
         timeout_graceful_shutdown=int(settings.shutdown_grace_s) + 5,
     )

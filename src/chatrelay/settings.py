@@ -78,6 +78,8 @@ class Settings(BaseSettings):
     resume_grace_s: float = Field(10.0, ge=0, validation_alias="CHATRELAY_RESUME_GRACE_S")
     stream_ttl_s: float = Field(600.0, gt=0, validation_alias="CHATRELAY_STREAM_TTL_S")
     shutdown_grace_s: float = Field(20.0, ge=0, validation_alias="CHATRELAY_SHUTDOWN_GRACE_S")
+    request_timeout_s: float = Field(30.0, gt=0, validation_alias="CHATRELAY_REQUEST_TIMEOUT_S")
+    keep_alive_s: float = Field(30.0, ge=1, validation_alias="CHATRELAY_KEEP_ALIVE_S")
     redis_prefix: str = Field("chatrelay", min_length=1, validation_alias="CHATRELAY_REDIS_PREFIX")
 
     # --- mock provider ----------------------------------------------------------------------
