@@ -62,6 +62,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     hide_secrets(*models.keys.values())
     if settings.jwt_secret is not None:
         hide_secrets(settings.jwt_secret.get_secret_value())
+    if settings.metrics_token:
+        hide_secrets(settings.metrics_token.get_secret_value())
     only_mock = all(spec.provider == "mock" for spec in models.specs.values())
     modes = access_modes(
         settings.auth,
@@ -144,6 +146,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 audience=settings.jwt_audience,
                 leeway_s=settings.jwt_leeway_s,
                 trusted_proxies=settings.trusted_proxies,
+                metrics_token=(
+                    settings.metrics_token.get_secret_value() if settings.metrics_token else None
+                ),
             )
             app.state.chat = ChatService(
                 router,
@@ -174,6 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         # global provider, doubling tracing.py's spans; off, it also stops looking the three
         # providers up on every request (~2% of a burst's set-up CPU).
         telemetry={"tracing": False, "metrics": False, "logs": False},
+        docs_url="/docs" if settings.api_docs else None,
+        redoc_url="/redoc" if settings.api_docs else None,
+        openapi_url="/openapi.json" if settings.api_docs else None,
     )
     app.state.settings = settings
     app.include_router(chat.router)

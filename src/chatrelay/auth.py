@@ -10,6 +10,7 @@ never echoed or logged.
 
 from __future__ import annotations
 
+import hmac
 import ipaddress
 import logging
 import re
@@ -21,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id
-from .errors import ChatRelayError, ConfigError
+from .errors import ChatRelayError, ConfigError, Forbidden
 from .jwks import JwksKeys, UnknownSigningKey
 from .keys import ApiKeys
 from .principals import PUBLIC, Principal
@@ -32,7 +33,9 @@ access_log = logging.getLogger("chatrelay.access")
 
 _GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
 # Reachable without credentials: health checks, the API description, the chat page.
-OPEN_PATHS = ("/healthz", "/readyz", "/metrics", "/docs", "/redoc", "/openapi.json")
+OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json")
+# Request volumes, token totals and aliases: for the operator only, unless the server is open.
+OPERATOR_PATHS = ("/metrics",)
 
 
 def access_modes(auth: list[str] | None, *, paid: bool, jwt_configured: bool) -> set[str]:
@@ -82,8 +85,10 @@ class Authenticator:
         audience: str | None = None,
         leeway_s: float = 60.0,
         trusted_proxies: Iterable[str] = (),
+        metrics_token: str | None = None,
     ) -> None:
         self.modes = modes
+        self._metrics_token = metrics_token.encode() if metrics_token else None
         self._keys = keys
         self._limits = limits
         self._secret = jwt_secret
@@ -98,6 +103,15 @@ class Authenticator:
     @property
     def open(self) -> bool:
         return self.modes == {"none"}
+
+    def has_metrics_token(self, scope: Scope) -> bool:
+        """The request carries `CHATRELAY_METRICS_TOKEN` as its bearer token."""
+        token = _bearer(scope)
+        return (
+            self._metrics_token is not None
+            and token is not None
+            and hmac.compare_digest(token.encode(), self._metrics_token)
+        )
 
     async def principal(self, scope: Scope) -> Principal:
         if self.open:
@@ -268,17 +282,29 @@ class AccessMiddleware:
             and not path.startswith(OPEN_PATHS)
             and not path.startswith("/static/")
         )
+        operator = path.startswith(OPERATOR_PATHS)
+        if needs_auth and operator and authenticator is not None:
+            needs_auth = not authenticator.has_metrics_token(scope)
         if needs_auth:
             assert authenticator is not None
-            try:
-                state["principal"] = await authenticator.principal(scope)
-            except Unauthorized as exc:
-                from .routes.errors import error_response, openai_error_response
+            from .routes.errors import error_response, openai_error_response
 
-                respond = openai_error_response if path.startswith("/v1/") else error_response
+            respond = openai_error_response if path.startswith("/v1/") else error_response
+            try:
+                principal = await authenticator.principal(scope)
+                if operator and not principal.admin:
+                    raise Forbidden(
+                        f"{path} is for the operator: send an admin API key or"
+                        " CHATRELAY_METRICS_TOKEN as the bearer token"
+                    )
+                state["principal"] = principal
+            except Unauthorized as exc:
                 response = respond(exc)
                 response.headers["www-authenticate"] = "Bearer"
                 await response(scope, receive, send)
+                return
+            except Forbidden as exc:
+                await respond(exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -131,6 +131,13 @@ class NotFound(RequestError):
     status = 404
 
 
+class Forbidden(RequestError):
+    """The caller is known but may not use this route (an operator route, say)."""
+
+    code = "forbidden"
+    status = 403
+
+
 class ConversationBusy(RequestError):
     """A reply is already being generated for this conversation."""
 

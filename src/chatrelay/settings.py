@@ -93,6 +93,8 @@ class Settings(BaseSettings):
     jwt_audience: str | None = Field(None, validation_alias="CHATRELAY_JWT_AUDIENCE")
     jwt_leeway_s: float = Field(60.0, ge=0, validation_alias="CHATRELAY_JWT_LEEWAY_S")
     jwks_cooldown_s: float = Field(5.0, ge=0, validation_alias="CHATRELAY_JWKS_COOLDOWN_S")
+    metrics_token: SecretStr | None = Field(None, validation_alias="CHATRELAY_METRICS_TOKEN")
+    api_docs: bool = Field(True, validation_alias="CHATRELAY_API_DOCS")
     jwks_timeout_s: float = Field(3.0, gt=0, validation_alias="CHATRELAY_JWKS_TIMEOUT_S")
     jwks_refresh_s: float = Field(300.0, gt=0, validation_alias="CHATRELAY_JWKS_REFRESH_S")
     trusted_proxies: Annotated[list[str], NoDecode] = Field(
