@@ -16,15 +16,17 @@ from starlette.types import Receive, Scope, Send
 from . import __version__, openapi, tracing
 from .auth import AccessMiddleware, Authenticator, access_modes
 from .chat import ChatService, InputLimits
+from .context import request_id
 from .conversations import Conversations
 from .db import create_engine, upgrade
-from .errors import ChatRelayError, InvalidField, RequestError
+from .errors import ChatRelayError, InternalError, InvalidField, RequestError
 from .eventlogs.factory import instance_id, open_event_log
 from .jwks import JwksKeys
 from .keys import ApiKeys
 from .logs import hide_secrets
 from .metrics import Metrics
 from .models import models_config
+from .outages import storage_outage
 from .quotas import LimitExceeded, Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
 from .routes import chat, conversations, health, me, openai, page, streams
@@ -219,6 +221,15 @@ def _install_error_handlers(app: FastAPI) -> None:
         if isinstance(exc, LimitExceeded):
             request.app.state.metrics.limited(exc.limit_name)
         return respond(request, exc)
+
+    @app.exception_handler(Exception)
+    async def unexpected(request: Request, exc: Exception) -> JSONResponse:
+        # Starlette's last resort (outside every middleware): JSON, never its plain-text 500.
+        # (Outages are answered 503 by AccessMiddleware; Starlette logs this one's traceback.)
+        response = respond(request, storage_outage(exc) or InternalError())
+        if (rid := request_id.get()) is not None:
+            response.headers["x-request-id"] = rid
+        return response
 
     @app.exception_handler(RequestValidationError)
     async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:

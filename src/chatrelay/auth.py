@@ -25,6 +25,7 @@ from .context import request_id
 from .errors import ChatRelayError, ConfigError, Forbidden
 from .jwks import JwksKeys, UnknownSigningKey
 from .keys import ApiKeys
+from .outages import storage_outage
 from .principals import PUBLIC, Principal
 from .quotas import Limits
 
@@ -239,17 +240,36 @@ class AccessMiddleware:
         status = 500
         started = time.perf_counter()
 
+        responded = False
+
         async def send_with_id(message: Message) -> None:
-            nonlocal status
+            nonlocal status, responded
             if message["type"] == "http.response.start":
                 status = message["status"]
+                responded = True
                 message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
             await send(message)
+
+        async def serve() -> None:
+            try:
+                await self._serve(scope, receive, send_with_id, state)
+            except Exception as exc:
+                # A database or Redis outage, before anything was sent: a 503 the client can
+                # act on (and one warning line), not a bare 500 and a traceback per request.
+                outage = None if responded else storage_outage(exc)
+                if outage is None:
+                    raise
+                log.warning("%s: %s on %s", outage.code, type(exc).__name__, scope["path"])
+                from .routes.errors import error_response, openai_error_response
+
+                v1 = scope["path"].startswith("/v1/")
+                response = (openai_error_response if v1 else error_response)(outage)
+                await response(scope, receive, send_with_id)
 
         tracer = getattr(scope["app"].state, "tracer", None)
         if tracer is None:
             try:
-                await self._serve(scope, receive, send_with_id, state)
+                await serve()
             finally:
                 self._record(scope, state, status, started)
             return
@@ -259,7 +279,7 @@ class AccessMiddleware:
             scope["method"], kind=SpanKind.SERVER, attributes={"chatrelay.request_id": rid}
         ) as span:
             try:
-                await self._serve(scope, receive, send_with_id, state)
+                await serve()
             finally:
                 template = self._record(scope, state, status, started)
                 span.update_name(f"{scope['method']} {template}")

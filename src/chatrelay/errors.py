@@ -12,7 +12,8 @@
     │   ├── Unsupported
     │   ├── NotFound
     │   ├── ConversationBusy
-    │   └── ServerRestarting
+    │   ├── ServerRestarting
+    │   └── StopUnconfirmed
     └── UpstreamError               the model provider failed (an error frame inside the stream)
         ├── UpstreamRateLimited     rate_limited
         ├── UpstreamOverloaded      overloaded
@@ -151,6 +152,14 @@ class ConversationBusy(RequestError):
         )
 
 
+class StorageUnavailable(RequestError):
+    """The database or Redis cannot be reached: come back shortly."""
+
+    code = "storage_unavailable"
+    status = 503
+    retry_after_s = 5
+
+
 class ServerRestarting(RequestError):
     """This instance is shutting down and takes no new streams."""
 
@@ -159,6 +168,20 @@ class ServerRestarting(RequestError):
 
     def __init__(self) -> None:
         super().__init__("The server is restarting; send the request again in a moment")
+
+
+class StopUnconfirmed(RequestError):
+    """The instance generating a stream did not confirm a Stop in time (it may be cut off
+    from Redis): the reply may still be running."""
+
+    code = "stop_unconfirmed"
+    status = 503
+
+    def __init__(self, stream_id: str, wait_s: float) -> None:
+        super().__init__(
+            f"The server generating stream {stream_id!r} did not confirm the stop within"
+            f" {wait_s:g} s; the reply may still be running: send the stop again"
+        )
 
 
 class UpstreamError(ChatRelayError):
