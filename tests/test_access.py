@@ -482,6 +482,58 @@ async def test_token_budgets_are_reserved_up_front_and_settled_from_usage(
     assert len(fake.requests) == 1  # refused before the upstream was called
 
 
+@pytest.mark.parametrize(
+    ("limit", "scope"),
+    [("tpm=10000", "tokens_per_minute"), ("daily_tokens=10000", "tokens_per_day")],
+)
+async def test_the_reservation_counts_the_stored_history_sent_upstream(
+    client: httpx.AsyncClient,
+    tmp_path: Any,
+    limits_backend: dict[str, Any],
+    limit: str,
+    scope: str,
+) -> None:
+    long = "x" * 30_000  # about 7,500 tokens; two of them do not fit a 10,000 budget
+    async with FakeAnthropic() as fake:
+        fake.default = Scenario(deltas=["ok"], input_tokens=7, output_tokens=3)
+        settings = {
+            "provider": "anthropic",
+            "anthropic_api_key": "sk-ant-test",
+            "anthropic_base_url": fake.base_url,
+            "auth": "anonymous",
+            "limits_anonymous": limit,
+            **limits_backend,
+        }
+
+        def turn(content: str) -> dict[str, Any]:
+            return {
+                "messages": [{"role": "user", "content": content}],
+                "conversation_id": "long-history",
+                "max_tokens": 100,
+            }
+
+        async with running(tmp_path, **settings) as (url, _):
+            first = await stream_chat(client, url, turn(long))
+            # Alone it would fit (7,600 reserved, 10 used so far); with its history it is
+            # about 15,100 tokens upstream.
+            refused = await client.post(f"{url}/ai/stream/chat", json=turn(long))
+            remaining = (await client.get(f"{url}/me")).json()["limits"][scope]["remaining"]
+            short = await stream_chat(client, url, turn("and a short one"))
+            stored = (await client.get(f"{url}/conversations/long-history")).json()
+    assert first.named("end")["reason"] == "completed"
+    assert refused.status_code == 429
+    assert refused.json()["error"]["code"] == "limit_exceeded"
+    assert refused.headers["x-ratelimit-scope"] == scope
+    assert remaining == 10_000 - 10  # the refused reservation was given back
+    # Refused before the provider was called, and before the conversation was touched: the
+    # next turn is accepted, and the refused message was never stored or sent.
+    assert short.named("end")["reason"] == "completed"
+    assert len(fake.requests) == 2
+    sent = [m["content"] for m in fake.requests[1].body["messages"]]
+    assert sent == [long, "ok", "and a short one"]
+    assert [m["content"] for m in stored["messages"]] == [*sent, "ok"]
+
+
 # -- input limits ----------------------------------------------------------------------------
 
 

@@ -11,7 +11,6 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import logging
-import math
 import time
 import uuid
 from collections.abc import AsyncGenerator, Awaitable, Callable
@@ -32,6 +31,7 @@ from .routing import Router, Target
 from .schemas import ChatRequest
 from .settings import Settings
 from .store import Reply
+from .tokens import chars_to_tokens, input_tokens
 
 log = logging.getLogger("chatrelay.chat")
 
@@ -211,15 +211,12 @@ class ChatJob:
         reply.output_tokens = usage.output_tokens if usage else None
         reply.usage_estimated = bool(usage and usage.estimated)
         if reply.input_tokens is None:
-            chars = (
-                self.turn.input_chars
-                if self.turn
-                else sum(len(str(m["content"])) for m in self.plan[0][1].messages)
-            )
-            reply.input_tokens, reply.usage_estimated = math.ceil(chars / 4), True
+            params = self.plan[0][1]  # its messages are the turn's upstream ones
+            reply.input_tokens = input_tokens(params.system, params.messages)
+            reply.usage_estimated = True
         if reply.output_tokens is None:
             chars = len(reply.content) + len(reply.thinking or "")
-            reply.output_tokens, reply.usage_estimated = math.ceil(chars / 4), True
+            reply.output_tokens, reply.usage_estimated = chars_to_tokens(chars), True
 
     def _log_end(self, reply: Reply, end: End | None) -> None:
         error = end.error if end else None
@@ -348,7 +345,15 @@ class ChatService:
         )
         if self.metrics is not None:
             job.finishers.append(lambda reply: self._observe(reply, job))
-        admission = await self._admit(principal, params, job.stream_id)
+        # The reservation counts what will be sent upstream: with a conversation, that is known
+        # once its history is loaded and trimmed, which `begin` does before storing or locking.
+        admitted: list[Admission] = []
+
+        async def admit(upstream: list[dict[str, Any]]) -> None:
+            admission = await self._admit(principal, params, upstream, job.stream_id)
+            if admission is not None:
+                admitted.append(admission)
+
         try:
             if persist and self.conversations is not None:
                 turn = await self.conversations.begin(
@@ -357,15 +362,19 @@ class ChatService:
                     principal.id,
                     job.stream_id,
                     job.requested_model,
+                    admit,
                 )
                 job.turn, job.conversations = turn, self.conversations
                 job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
                 job.finishers.append(lambda reply: self.conversations.end(turn, reply))  # type: ignore[union-attr]
+            else:
+                await admit(params.messages)
         except BaseException:
-            if admission is not None and self.quotas is not None:
-                await self.quotas.settle(admission, 0)
+            if admitted and self.quotas is not None:
+                await self.quotas.settle(admitted[0], 0)
             raise
-        if admission is not None and self.quotas is not None:
+        if admitted and self.quotas is not None:
+            admission = admitted[0]
             quotas = self.quotas
             job.finishers.append(
                 lambda reply: quotas.settle(
@@ -388,14 +397,20 @@ class ChatService:
         )
 
     async def _admit(
-        self, principal: Principal, params: ChatParams, stream_id: str
+        self,
+        principal: Principal,
+        params: ChatParams,
+        upstream: list[dict[str, Any]],
+        stream_id: str,
     ) -> Admission | None:
         limits = principal.limits
         if self.quotas is None or limits == Limits():
             return None
-        # Reserve what the request may cost at most: its input and all of max_tokens.
-        chars = len(params.system or "") + sum(len(str(m["content"])) for m in params.messages)
-        reserve = math.ceil(chars / 4) + params.max_tokens if limits.counts_tokens else 0
+        # Reserve what the request may cost at most: its whole upstream input (system prompt,
+        # stored history, new messages) and all of max_tokens.
+        reserve = 0
+        if limits.counts_tokens:
+            reserve = input_tokens(params.system, upstream) + params.max_tokens
         return await self.quotas.admit(principal.id, limits, reserve, stream_id)
 
     def _params(self, request: ChatRequest, spec: ModelSpec) -> ChatParams:

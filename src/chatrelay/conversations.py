@@ -18,18 +18,21 @@ which is not part of the history) and the start frame says how many.
 from __future__ import annotations
 
 import logging
-import math
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import FieldProblem, InvalidField, NotFound
 from .store import CONVERSATION_ID, Reply, Store, new_id
+from .tokens import content_tokens
 
 log = logging.getLogger("chatrelay.conversations")
 
 TITLE_LENGTH = 80
-# An image costs about this many tokens whatever its size (for the history budget only).
-IMAGE_TOKENS = 1600
+
+
+# Called with a turn's upstream messages before it is stored (the quota reservation).
+Admit = Callable[[list[dict[str, Any]]], Awaitable[None]]
 
 
 @dataclass(slots=True)
@@ -39,17 +42,7 @@ class Turn:
     conversation_id: str
     messages: list[dict[str, Any]]  # what goes upstream: trimmed history + the new messages
     omitted: int  # history messages left out of the upstream request
-    input_chars: int
     reply_seq: int | None = None  # where the reply goes (reserved by the conversation's lock)
-
-
-def estimate_tokens(content: Any) -> int:
-    if isinstance(content, str):
-        return math.ceil(len(content) / 4)
-    return sum(
-        IMAGE_TOKENS if block.get("type") == "image" else math.ceil(len(block.get("text", "")) / 4)
-        for block in content
-    )
 
 
 def title_of(messages: list[dict[str, Any]]) -> str:
@@ -83,7 +76,7 @@ def trim(messages: list[dict[str, Any]], budget: int) -> tuple[list[dict[str, An
     The newest message always stays, and the kept part starts with a user message, as the
     providers require.
     """
-    sizes = [estimate_tokens(m["content"]) for m in messages]
+    sizes = [content_tokens(m["content"]) for m in messages]
     start, total = 0, sum(sizes)
     while start < len(messages) - 1 and total > budget:
         total -= sizes[start]
@@ -107,8 +100,13 @@ class Conversations:
         owner: str,
         stream_id: str,
         model: str,
+        admit: Admit | None = None,
     ) -> Turn:
-        """Resolve the conversation, store the new messages and lock it for this stream."""
+        """Resolve the conversation, store the new messages and lock it for this stream.
+
+        `admit` gets the upstream messages (trimmed history + new) before anything is stored
+        or locked, so a request it refuses (by raising) leaves the conversation untouched.
+        """
         if conversation_id is None:
             conversation_id, existing = new_id(), None
         else:
@@ -134,6 +132,9 @@ class Conversations:
             raise InvalidField(
                 [FieldProblem("messages", "contains nothing new: all of it is already stored")]
             )
+        upstream, omitted = trim(history + fresh, self.budget)
+        if admit is not None:
+            await admit(upstream)
         reply_seq = await self.store.begin_turn(
             conversation_id,
             owner,
@@ -143,9 +144,7 @@ class Conversations:
             model=model,
             create=existing is None,
         )
-        upstream, omitted = trim(history + fresh, self.budget)
-        chars = sum(len(str(m["content"])) for m in upstream)
-        return Turn(conversation_id, upstream, omitted, chars, reply_seq)
+        return Turn(conversation_id, upstream, omitted, reply_seq)
 
     async def end(self, turn: Turn, reply: Reply) -> None:
         """Store the reply and unlock; a failure here is logged, never raised into a stream."""

@@ -17,7 +17,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import math
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
 from contextlib import aclosing
@@ -29,6 +28,7 @@ from .events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from .metrics import Metrics
 from .providers import ChatParams
 from .routing import Target
+from .tokens import chars_to_tokens
 
 log = logging.getLogger("chatrelay.relay")
 
@@ -244,7 +244,7 @@ class Relay:
 def _at_least(usage: Usage | None, chars: int) -> Usage:
     """The usage of a reply that ended without the upstream's final count: what it reported
     so far (often just its opening count), or an estimate of the text produced, if more."""
-    estimate = math.ceil(chars / 4)
+    estimate = chars_to_tokens(chars)
     reported = usage.output_tokens if usage else None
     if reported is not None and reported >= estimate:
         return usage  # type: ignore[return-value]

@@ -7,7 +7,6 @@ error paths: a slow first token, a long reply, a failure after N pieces of text,
 from __future__ import annotations
 
 import asyncio
-import math
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
@@ -25,6 +24,7 @@ from ..errors import (
     UpstreamTimeout,
 )
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
+from ..tokens import input_tokens
 from .base import ChatParams
 
 FAILURES: dict[str, type[UpstreamError]] = {
@@ -103,8 +103,7 @@ def reply_words(params: ChatParams, options: MockOptions) -> list[str]:
 
 
 def estimate_tokens(params: ChatParams) -> int:
-    chars = len(params.system or "") + sum(len(str(m["content"])) for m in params.messages)
-    return max(1, math.ceil(chars / 4))
+    return max(1, input_tokens(params.system, params.messages))
 
 
 class MockProvider:
