@@ -13,7 +13,7 @@ import dataclasses
 import logging
 import time
 import uuid
-from collections.abc import AsyncGenerator, Awaitable, Callable
+from collections.abc import AsyncGenerator, Awaitable, Callable, Mapping
 from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
@@ -258,8 +258,38 @@ class Completion:
     error: ChatRelayError | None
 
 
-async def complete(job: ChatJob) -> Completion:
-    """Run a job to its end and collect the reply."""
+# The request's ASGI `receive`, once its body has been read: what comes next is the disconnect.
+Receive = Callable[[], Awaitable[Mapping[str, Any]]]
+
+
+async def complete(job: ChatJob, receive: Receive | None = None) -> Completion | None:
+    """Run a job to its end and collect the reply.
+
+    With `receive`, a client that goes away cancels the job at once, which closes the upstream
+    request (no more tokens billed for nobody); its partial reply is stored as `disconnected`,
+    as a streamed one's is, and the answer is None: there is nobody left to answer.
+    """
+    if receive is None:
+        return await _collect(job)
+    collecting = asyncio.ensure_future(_collect(job))
+    watching = asyncio.ensure_future(_disconnect(receive))
+    try:
+        await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
+    finally:
+        watching.cancel()
+        if not collecting.done():
+            job.cancel_reason = job.cancel_reason or "disconnected"
+            collecting.cancel()
+            await asyncio.wait((collecting,))  # the partial reply is stored, the quota settled
+    return None if collecting.cancelled() else collecting.result()
+
+
+async def _disconnect(receive: Receive) -> None:
+    while (await receive())["type"] != "http.disconnect":
+        pass
+
+
+async def _collect(job: ChatJob) -> Completion:
     text: list[str] = []
     thinking: list[str] = []
     model = job.requested_model

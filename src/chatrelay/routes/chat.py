@@ -6,7 +6,7 @@ import uuid
 from typing import Any
 
 from fastapi import APIRouter, Request
-from fastapi.responses import JSONResponse
+from fastapi.responses import JSONResponse, Response
 
 from ..bodies import read_body
 from ..chat import ChatJob, ChatService, complete
@@ -83,11 +83,18 @@ def _headers(job: ChatJob, instance: str) -> dict[str, str]:
     return headers
 
 
+def client_gone() -> Response:
+    """The answer to a request whose client left: nobody reads it, the logs and metrics do."""
+    return Response(status_code=499)  # nginx's "client closed request"
+
+
 @router.post("/ai/chat", summary="Chat reply as one JSON object", openapi_extra=REQUEST_BODY)
-async def chat(request: Request) -> JSONResponse:
+async def chat(request: Request) -> Response:
     service: ChatService = request.app.state.chat
     job = await service.start(await _request(request), principal_of(request))
-    reply = await complete(job)
+    reply = await complete(job, request.receive)
+    if reply is None:
+        return client_gone()
     if reply.error is not None:
         return error_response(reply.error, partial_content=reply.content or None)
     body: dict[str, Any] = {

@@ -26,6 +26,7 @@ from ..routing import Router
 from ..schemas import validate_json
 from ..settings import Settings
 from ..sse import EventStreamResponse
+from .chat import client_gone
 from .errors import openai_error_response
 
 router = APIRouter(prefix="/v1")
@@ -56,7 +57,9 @@ async def chat_completions(request: Request) -> Response:
         ]
         raise InvalidField(renamed) from None
     if not body.stream:
-        reply = await complete(job)
+        reply = await complete(job, request.receive)
+        if reply is None:
+            return client_gone()
         if reply.error is not None:
             return openai_error_response(reply.error)
         return JSONResponse(completion_object(reply))
