@@ -56,3 +56,33 @@ async def test_configured_origins_are_allowed_and_others_refused(
     assert "authorization" in allowed.headers["access-control-allow-headers"].lower()
     assert refused.status_code == 400
     assert "access-control-allow-origin" not in refused.headers
+
+
+async def test_a_body_not_declared_as_json_is_refused_so_no_page_can_spend_cross_site(
+    client: httpx.AsyncClient,
+) -> None:
+    """A form or text/plain POST needs no preflight: any web page could make its visitors'
+    browsers send one and spend the operator's anonymous quota (F10)."""
+    body = '{"messages": [{"role": "user", "content": "hi"}]}'
+    settings = make_settings(provider="mock", auth="anonymous")
+    async with serve(settings) as url:
+        plain = await client.post(
+            f"{url}/ai/chat", content=body, headers={"content-type": "text/plain"}
+        )
+        form = await client.post(
+            f"{url}/v1/chat/completions",
+            content=body,
+            headers={"content-type": "application/x-www-form-urlencoded"},
+        )
+        json_utf8 = await client.post(
+            f"{url}/ai/chat",
+            content=body,
+            headers={"content-type": "application/json; charset=utf-8"},
+        )
+        undeclared = await client.post(f"{url}/ai/chat", content=body)
+    assert plain.status_code == 415
+    assert plain.json()["error"]["code"] == "unsupported_media_type"
+    assert "application/json" in plain.json()["error"]["message"]
+    assert form.status_code == 415 and form.json()["error"]["type"] == "invalid_request_error"
+    assert json_utf8.status_code == 200 and json_utf8.json()["content"]
+    assert undeclared.status_code == 200  # no Content-Type at all is no cross-site form

@@ -22,7 +22,7 @@ from typing import Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id
-from .errors import ChatRelayError, ConfigError, Forbidden
+from .errors import ChatRelayError, ConfigError, Forbidden, UnsupportedMediaType
 from .jwks import JwksKeys, UnknownSigningKey
 from .keys import ApiKeys
 from .outages import storage_outage
@@ -210,6 +210,23 @@ def _header(scope: Scope, name: bytes) -> str | None:
     return None
 
 
+_JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
+
+
+def _not_json(scope: Scope) -> UnsupportedMediaType | None:
+    """Every body this API takes is JSON. A form or `text/plain` body is what any web page can
+    make a visitor's browser send cross-site without a CORS preflight, spending the operator's
+    tokens through anonymous access: refused. (No Content-Type at all is no such request.)"""
+    if scope["method"] not in ("POST", "PUT", "PATCH"):
+        return None
+    declared = _header(scope, b"content-type")
+    if declared is None or _JSON_TYPE.match(declared.strip()):
+        return None
+    return UnsupportedMediaType(
+        f"Send the body as JSON with Content-Type: application/json, not {declared[:60]!r}"
+    )
+
+
 def _bearer(scope: Scope) -> str | None:
     value = _header(scope, b"authorization")
     if value is None:
@@ -291,6 +308,12 @@ class AccessMiddleware:
         self, scope: Scope, receive: Receive, send: Send, state: dict[str, Any]
     ) -> None:
         path: str = scope["path"]
+        if (refused := _not_json(scope)) is not None:
+            from .routes.errors import error_response, openai_error_response
+
+            respond = openai_error_response if path.startswith("/v1/") else error_response
+            await respond(refused)(scope, receive, send)
+            return
         authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
         if authenticator is not None and authenticator.open:
             state["principal"] = authenticator.public

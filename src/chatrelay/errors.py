@@ -70,6 +70,14 @@ class MalformedJSON(RequestError):
     status = 400
 
 
+class UnsupportedMediaType(RequestError):
+    """A body that is not declared as JSON: forms and text/plain are what a cross-site page
+    can send without a preflight."""
+
+    code = "unsupported_media_type"
+    status = 415
+
+
 class BodyTooLarge(RequestError):
     """The request body exceeds the configured size limit."""
 
