@@ -167,6 +167,8 @@ async def test_jwts_are_checked_for_signature_expiry_audience_and_issuer(
             {"exp": int(time.time()) + 60, "aud": "chat", "iss": "https://auth.example"}, SECRET
         ),
         "garbage": "abc.def.ghi",
+        "empty subject": token({"sub": ""}),
+        "blank subject": token({"sub": "  "}),
     }
     async with running(tmp_path, **settings) as (url, _):
         answers = {
@@ -185,7 +187,10 @@ async def test_jwts_are_checked_for_signature_expiry_audience_and_issuer(
         "wrong issuer",
         "no subject",
         "garbage",
+        "empty subject",
+        "blank subject",
     }
+    assert "subject" in messages["empty subject"]
     assert "expired" in messages["expired"]
     assert "audience" in messages["wrong audience"]
     assert "issuer" in messages["wrong issuer"]
@@ -329,9 +334,15 @@ async def test_anonymous_callers_are_told_apart_by_address(
     ) as (url, _):
         proxied = (await client.get(f"{url}/me", headers=forwarded)).json()["principal"]
         limits = (await client.get(f"{url}/me")).json()["limits"]
+        made_up = [
+            (await client.get(f"{url}/me", headers={"x-forwarded-for": value})).json()
+            for value in ("garbage", "x" * 5000, "203.0.113.7, not-an-ip")
+        ]
     assert direct["id"] == "anon:127.0.0.1"  # X-Forwarded-For from an untrusted peer is ignored
     assert proxied["id"] == "anon:203.0.113.7"  # the nearest untrusted hop
     assert limits["requests_per_minute"]["limit"] == 5
+    # A value that is not an address is the client's own invention: it picks no identity.
+    assert [me["principal"]["id"] for me in made_up] == ["anon:127.0.0.1"] * 3
 
 
 async def test_preflight_needs_no_credentials(client: httpx.AsyncClient, tmp_path: Any) -> None:

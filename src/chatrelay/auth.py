@@ -173,7 +173,11 @@ class Authenticator:
             raise Unauthorized("The token's signing key is not known") from None
         except jwt.InvalidTokenError as exc:
             raise Unauthorized(f"The token is not valid: {_reason(exc)}") from None
-        return Principal(f"user:{claims['sub']}", "user", limits=self._limits["user"])
+        subject = claims["sub"]
+        if not isinstance(subject, str) or not subject.strip() or len(subject) > 255:
+            # Every token with an empty subject would share one user, and its conversations.
+            raise Unauthorized("The token's subject (sub) must be a non-empty user id")
+        return Principal(f"user:{subject}", "user", limits=self._limits["user"])
 
     def client_address(self, scope: Scope) -> str:
         client = scope.get("client")
@@ -183,10 +187,16 @@ class Authenticator:
         forwarded = _header(scope, b"x-forwarded-for")
         if not forwarded:
             return peer
-        # The rightmost address that is not one of our proxies is the real client.
+        # The rightmost address that is not one of our proxies is the real client. Anything
+        # there that is not an IP address came from the client itself, not from our proxy:
+        # it must not become an identity (each made-up value would get its own limits).
         for hop in reversed([h.strip() for h in forwarded.split(",") if h.strip()]):
+            try:
+                address = ipaddress.ip_address(hop)
+            except ValueError:
+                return peer
             if not _within(hop, self._proxies):
-                return hop
+                return str(address)
         return peer
 
 
