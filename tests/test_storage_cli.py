@@ -21,7 +21,7 @@ from alembic.script import ScriptDirectory
 
 from chatrelay.db import alembic_config, create_engine, current_revision
 
-from .conftest import make_settings, serve, stream_chat
+from .conftest import make_settings, postgres_database, serve, stream_chat
 
 HEAD = ScriptDirectory.from_config(alembic_config()).get_current_head()
 FIRST = "Plan a trip to Oslo"
@@ -231,13 +231,21 @@ async def test_conversations_list_show_and_export_read_the_stored_conversation(
 
 
 def check_list(listed: Done, seeded: Seeded) -> None:
-    """`list` shows the id and the title, newest first."""
+    """`list` shows the id, how many messages, and the title, newest first; and, on stderr,
+    which database it read."""
     assert listed.returncode == 0, listed.stderr
+    assert listed.stderr.splitlines()[0] == f"database: {shown_url(seeded.environ)}"
     lines = listed.stdout.splitlines()
     assert len(lines) == 2, lines
     assert lines[0].startswith(seeded.cid)
-    assert lines[0].rstrip().endswith(FIRST)
-    assert lines[1].rstrip().endswith("An older chat")
+    assert lines[0].rstrip().endswith(f"  4 messages  {FIRST}"), lines[0]
+    assert lines[1].rstrip().endswith("  2 messages  An older chat"), lines[1]
+
+
+def shown_url(environ: dict[str, str]) -> str:
+    """How the commands name the database of `environ`: the tests' URLs have the async driver,
+    an absolute SQLite path and no password, so exactly as given."""
+    return environ["DATABASE_URL"]
 
 
 def in_order(text: str, parts: list[str], after: int = 0) -> bool:
@@ -309,5 +317,106 @@ async def test_export_of_an_unknown_conversation_id_exits_non_zero_naming_it(
     database_url: str, tmp_path: Path
 ) -> None:
     environ = environment(database_url)
+    assert (await chatrelay("db", "upgrade", environ=environ, cwd=tmp_path)).returncode == 0
     done = await chatrelay("conversations", "export", MISSING, environ=environ, cwd=tmp_path)
     check_unknown(done)
+
+
+async def test_an_empty_database_says_there_is_nothing(database_url: str, tmp_path: Path) -> None:
+    environ = environment(database_url)
+    assert (await chatrelay("db", "upgrade", environ=environ, cwd=tmp_path)).returncode == 0
+    conversations, keys = await asyncio.gather(
+        chatrelay("conversations", "list", environ=environ, cwd=tmp_path),
+        chatrelay("keys", "list", environ=environ, cwd=tmp_path),
+    )
+    for done, nothing in ((conversations, "no conversations"), (keys, "no keys")):
+        assert done.returncode == 0, done.stderr
+        assert done.stdout == ""
+        assert done.stderr.splitlines() == [f"database: {shown_url(environ)}", nothing]
+
+
+READERS = [
+    ("conversations", "list"),
+    ("conversations", "show", MISSING),
+    ("conversations", "export", MISSING),
+    ("keys", "list"),
+    ("keys", "revoke", "abc"),
+]
+
+
+@pytest.mark.parametrize("database_url_set", [False, True], ids=["default", "DATABASE_URL"])
+async def test_reading_commands_in_another_directory_name_the_missing_database_and_create_none(
+    tmp_path: Path, database_url_set: bool
+) -> None:
+    """Run where there is no database, each reading command fails naming the file and the
+    setting that chooses it, and leaves nothing behind."""
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    environ = environment(f"sqlite:///{tmp_path}/srv/chatrelay.db")
+    expected = tmp_path / "srv" / "chatrelay.db"
+    if not database_url_set:
+        del environ["DATABASE_URL"]
+        expected = elsewhere / "data" / "chatrelay.db"
+    done = await asyncio.gather(
+        *(chatrelay(*args, environ=environ, cwd=elsewhere) for args in READERS)
+    )
+    for args, result in zip(READERS, done, strict=True):
+        assert result.returncode != 0, (args, result)
+        assert result.stdout == "", args
+        first, *rest = result.stderr.splitlines()
+        assert first == f"database: sqlite+aiosqlite:///{expected}", (args, first)
+        message = " ".join(rest)
+        assert f"no database at {expected}" in message, (args, message)
+        assert "DATABASE_URL" in message, (args, message)
+        assert "chatrelay db upgrade" in message, (args, message)
+    assert list(elsewhere.iterdir()) == []
+    assert not (tmp_path / "srv").exists()
+
+
+async def test_a_database_without_the_schema_is_an_error_not_migrated(tmp_path: Path) -> None:
+    """A reading command migrates nothing: a database without chatrelay's tables (the wrong
+    one, or never started) is named, with the command that sets it up."""
+    async with postgres_database() as url:
+        environ = environment(url)
+        done = await chatrelay("conversations", "list", environ=environ, cwd=tmp_path)
+        engine = create_engine(url)
+        try:
+            assert await current_revision(engine) is None  # still empty
+        finally:
+            await engine.dispose()
+    assert done.returncode != 0
+    assert done.stdout == ""
+    assert "has no chatrelay tables yet" in done.stderr
+    assert "DATABASE_URL" in done.stderr and "chatrelay db upgrade" in done.stderr
+
+
+async def test_keys_create_sets_up_a_new_database_and_says_where(tmp_path: Path) -> None:
+    """Creating a key is a set-up step (before the first `serve`): it may create the database,
+    and names it."""
+    environ = environment("")
+    del environ["DATABASE_URL"]
+    created = await chatrelay("keys", "create", "--name", "ops", environ=environ, cwd=tmp_path)
+    assert created.returncode == 0, created.stderr
+    database = tmp_path / "data" / "chatrelay.db"
+    assert created.stderr.splitlines()[0] == f"database: sqlite+aiosqlite:///{database}"
+    assert database.is_file()
+    listed = await chatrelay("keys", "list", environ=environ, cwd=tmp_path)
+    assert listed.returncode == 0, listed.stderr
+    assert " ops " in listed.stdout
+
+
+async def test_a_password_in_database_url_is_never_shown(tmp_path: Path) -> None:
+    environ = environment("postgresql://app:hunter2-secret@127.0.0.1:1/chatrelay")
+    done = await asyncio.gather(
+        chatrelay("conversations", "list", environ=environ, cwd=tmp_path),
+        chatrelay("db", "upgrade", environ=environ, cwd=tmp_path),
+    )
+    for result in done:
+        assert result.returncode != 0
+        assert "hunter2" not in result.stdout + result.stderr
+        assert result.stderr.startswith(
+            "database: postgresql+asyncpg://app:***@127.0.0.1:1/chatrelay\n"
+        ), result.stderr
+        assert "cannot use the database" in result.stderr or "migrate" in result.stderr, (
+            result.stderr
+        )

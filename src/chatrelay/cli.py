@@ -56,17 +56,57 @@ def serve(host: str | None, port: int | None) -> None:
     run(app, settings)
 
 
-def _run(coroutine_factory: Callable[[Store], Awaitable[T]]) -> T:
-    """Run a command's work against the configured database (migrated first)."""
-    from .db import create_engine, upgrade
-    from .settings import Settings
+def _run(coroutine_factory: Callable[[Store], Awaitable[T]], *, setup: bool = False) -> T:
+    """Run a command's work against the configured database, which it names first (stderr).
+
+    Only the commands that set a database up (`setup`: `db upgrade`, `keys create`) create and
+    migrate it. The others read what is there: a missing SQLite file, or a schema this
+    chatrelay does not expect, is an error that says which database and which setting, never
+    a new empty database in whatever directory the command ran in.
+    """
+    from sqlalchemy.exc import SQLAlchemyError
+
+    from .db import (
+        HEAD,
+        create_engine,
+        describe_url,
+        normalize_url,
+        sqlite_file,
+        stored_revision,
+        upgrade,
+    )
+    from .settings import DEFAULT_DATABASE_URL, Settings
     from .store import Store
 
-    async def work() -> T:
+    try:
         settings = Settings()
-        store = Store(create_engine(settings.database_url))
+        url = normalize_url(settings.database_url)
+    except ValidationError as exc:
+        raise click.ClickException(f"invalid setting: {exc}") from None
+    except ConfigError as exc:
+        raise click.ClickException(exc.message) from None
+    shown = describe_url(url)
+    click.echo(f"database: {shown}", err=True)
+    path = sqlite_file(url)
+    if not setup and path is not None and not path.is_file():
+        where = (
+            "DATABASE_URL is not set (in the environment or ./.env), so this is its default,"
+            " data/chatrelay.db under the current directory"
+            if settings.database_url == DEFAULT_DATABASE_URL
+            else "that is the file DATABASE_URL names"
+        )
+        raise click.ClickException(
+            f"no database at {path}: {where}. Set DATABASE_URL to the server's database, or"
+            " run `chatrelay db upgrade` to create a new one there"
+        )
+
+    async def work() -> T:
+        store = Store(create_engine(url))
         try:
-            await upgrade(store.engine)
+            if setup:
+                await upgrade(store.engine)
+            else:
+                _check_schema(await stored_revision(store.engine), HEAD, shown)
             return await coroutine_factory(store)
         finally:
             await store.close()
@@ -75,6 +115,42 @@ def _run(coroutine_factory: Callable[[Store], Awaitable[T]]) -> T:
         return asyncio.run(work())
     except ConfigError as exc:
         raise click.ClickException(exc.message) from None
+    except (OSError, SQLAlchemyError) as exc:
+        raise click.ClickException(
+            f"cannot use the database {shown} (DATABASE_URL): {_reason(exc, url)}"
+        ) from None
+
+
+def _check_schema(revision: str | None, head: str, shown: str) -> None:
+    """A reading command needs the schema it was written for (it migrates nothing)."""
+    if revision == head:
+        return
+    if revision is None:
+        found = "has no chatrelay tables yet"
+    elif revision < head:
+        found = f"is at schema revision {revision}, older than this chatrelay's {head}"
+    else:
+        raise click.ClickException(
+            f"the database {shown} is at schema revision {revision}, newer than this"
+            f" chatrelay's {head}: use the chatrelay version that migrated it"
+        )
+    raise click.ClickException(
+        f"the database {shown} {found}: check DATABASE_URL, or run `chatrelay db upgrade`"
+        " (the server also migrates when it starts)"
+    )
+
+
+def _reason(exc: BaseException, url: str) -> str:
+    """The first line of a database error, with the URL's password (if any) blanked out."""
+    from sqlalchemy.engine import make_url
+
+    cause = getattr(exc, "orig", None) or exc
+    reason = (str(cause).strip().splitlines() or [type(cause).__name__])[0]
+    parsed = make_url(url)
+    for secret in (parsed.password, parsed.query.get("password")):
+        if isinstance(secret, str) and secret:
+            reason = reason.replace(secret, "***")
+    return reason
 
 
 @main.group()
@@ -90,7 +166,7 @@ def db_upgrade() -> None:
     async def work(store: Store) -> str | None:
         return await current_revision(store.engine)
 
-    click.echo(f"database at revision {_run(work)}")
+    click.echo(f"database at revision {_run(work, setup=True)}")
 
 
 @main.group()
@@ -122,7 +198,8 @@ def keys_create(
         )
         return key, row.id
 
-    key, key_id = _run(work)
+    # A key is often created before the server first starts: this may create the database.
+    key, key_id = _run(work, setup=True)
     click.echo(key)
     click.echo(f"created key {key_id} ({name}); store it now, it cannot be shown again", err=True)
 
@@ -135,7 +212,10 @@ def keys_list() -> None:
     async def work(store: Store) -> list[Any]:
         return await ApiKeys(store.engine).all()
 
-    for row in _run(work):
+    rows = _run(work)
+    if not rows:
+        click.echo("no keys", err=True)
+    for row in rows:
         limits = " ".join(
             f"{name}={value}"
             for name in ("rpm", "tpm", "daily_tokens", "concurrency")
@@ -173,14 +253,23 @@ def conversations() -> None:
 @click.option("--owner", default=None, help="Only this owner's conversations (default: all).")
 @click.option("--limit", type=click.IntRange(1, 1000), default=50, show_default=True)
 def conversations_list(owner: str | None, limit: int) -> None:
-    """The newest conversations: id, last activity, messages, title."""
+    """The newest conversations: id, last activity (UTC), owner, messages, title."""
 
-    async def work(store: Store) -> list[Conversation]:
-        return (await store.page(owner, limit, None)).conversations
+    async def work(store: Store) -> tuple[list[Conversation], dict[str, int]]:
+        found = (await store.page(owner, limit, None)).conversations
+        return found, await store.message_counts([c.id for c in found])
 
-    for conversation in _run(work):
+    found, counts = _run(work)
+    if not found:
+        click.echo("no conversations" + (f" of owner {owner!r}" if owner else ""), err=True)
+    for conversation in found:
         when = conversation.updated_at.strftime("%Y-%m-%d %H:%M")
-        click.echo(f"{conversation.id}  {when}  {conversation.owner:<12}  {conversation.title}")
+        count = counts.get(conversation.id, 0)
+        messages = f"{count} message{'' if count == 1 else 's'}"
+        click.echo(
+            f"{conversation.id}  {when}  {conversation.owner:<12}  {messages:>12}"
+            f"  {conversation.title}"
+        )
 
 
 def _load(conversation_id: str) -> Conversation:

@@ -51,6 +51,27 @@ def _redacted(url: str) -> str:
         return "<unparseable>"
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The absolute path of a SQLite database file (relative ones are under the working
+    directory); None for PostgreSQL and in-memory SQLite."""
+    parsed = make_url(url)
+    if parsed.get_backend_name() != "sqlite" or parsed.database in (None, "", ":memory:"):
+        return None
+    return Path(parsed.database).absolute()
+
+
+def describe_url(url: str) -> str:
+    """The URL to show a person: never a password, and a SQLite file's absolute path."""
+    parsed = make_url(normalize_url(url))
+    if (path := sqlite_file(url)) is not None:
+        parsed = parsed.set(database=str(path))
+    if any(name.lower() == "password" for name in parsed.query):
+        parsed = parsed.set(
+            query={k: "***" if k.lower() == "password" else v for k, v in parsed.query.items()}
+        )
+    return parsed.render_as_string(hide_password=True)
+
+
 def create_engine(url: str, pool_size: int = 10) -> AsyncEngine:
     """The async engine; SQLite gets its data folder created, WAL and foreign keys on."""
     url = normalize_url(url)
@@ -146,11 +167,21 @@ def upgrade_in_child(url: str) -> None:
 
 async def _at_head(engine: AsyncEngine) -> bool:
     try:
-        async with engine.connect() as connection:
-            found = await connection.execute(text("SELECT version_num FROM alembic_version"))
-            return [row[0] for row in found] == [HEAD]
+        return await stored_revision(engine) == HEAD
     except DBAPIError:
-        return False  # no version table yet: a new database
+        return False  # unreadable: the migration's own error will say why
+
+
+async def stored_revision(engine: AsyncEngine) -> str | None:
+    """The schema revision the database records, without loading Alembic; None when it has
+    no version table (a new database)."""
+    async with engine.connect() as connection:
+        try:
+            found = await connection.execute(text("SELECT version_num FROM alembic_version"))
+        except DBAPIError:
+            return None  # no version table yet
+        versions = [row[0] for row in found]
+    return versions[0] if len(versions) == 1 else None
 
 
 async def current_revision(engine: AsyncEngine) -> str | None:

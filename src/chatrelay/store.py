@@ -129,6 +129,19 @@ class Store:
         rows = rows[:limit]
         return Page(rows, _encode_cursor(rows[-1]) if more and rows else None)
 
+    async def message_counts(self, conversation_ids: list[str]) -> dict[str, int]:
+        """How many messages each of these conversations holds (one query)."""
+        if not conversation_ids:
+            return {}
+        query = (
+            select(Message.conversation_id, func.count())
+            .where(Message.conversation_id.in_(conversation_ids))
+            .group_by(Message.conversation_id)
+        )
+        async with self._session() as session:
+            rows = (await session.execute(query)).all()
+        return {conversation_id: int(count) for conversation_id, count in rows}
+
     async def update(
         self,
         conversation_id: str,
