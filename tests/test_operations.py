@@ -12,6 +12,7 @@ import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
 from .conftest import USER_HI, make_settings, serve, stream_chat
+from .fakes.anthropic_upstream import FakeAnthropic
 from .test_cli import chatrelay, env, free_port, running
 
 
@@ -140,11 +141,67 @@ async def test_readyz_checks_the_database_and_the_default_model(
     assert ready.status_code == 200
     assert ready.json() == {
         "status": "ready",
-        "checks": {"database": "ok", "redis": "not used", "provider": "ok"},
+        "checks": {"database": "ok", "redis": "not used", "provider": "ok"},  # the mock
     }
     assert unready.status_code == 503
     assert unready.json()["checks"]["provider"] == "default model unavailable"
     assert alive.status_code == 200
+
+
+async def test_readyz_says_the_provider_is_configured_and_the_probe_reaches_it(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    """Plain /readyz does not reach the upstream, and says so (`configured`);
+    `?probe=upstream` does: an Anthropic upstream on a closed port is unreachable (503)."""
+    closed = free_port()  # bound then released: nothing listens there
+    settings = make_settings(
+        provider="anthropic",
+        anthropic_api_key="sk-ant-test-key",
+        anthropic_base_url=f"http://127.0.0.1:{closed}",
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/u.db",
+    )
+    async with serve(settings) as url:
+        plain = await client.get(f"{url}/readyz")
+        probed = await client.get(f"{url}/readyz", params={"probe": "upstream"})
+        bad = await client.get(f"{url}/readyz", params={"probe": "everything"})
+    assert plain.status_code == 200, plain.text
+    assert plain.json() == {
+        "status": "ready",
+        "checks": {"database": "ok", "redis": "not used", "provider": "configured"},
+    }
+    assert probed.status_code == 503, probed.text
+    assert probed.json() == {
+        "status": "not ready",
+        "checks": {
+            "database": "ok",
+            "redis": "not used",
+            "provider": "unreachable: connection refused",
+        },
+        "upstreams": {"claude-sonnet-5-5": "unreachable: connection refused"},
+    }
+    assert str(closed) not in probed.text  # no addresses on an open route
+    assert bad.status_code == 422
+
+
+async def test_readyz_probe_reaches_a_listening_upstream_without_spending_tokens(
+    client: httpx.AsyncClient, tmp_path: Path
+) -> None:
+    async with FakeAnthropic() as fake:
+        settings = make_settings(
+            provider="anthropic",
+            anthropic_api_key="sk-ant-test-key",
+            anthropic_base_url=fake.base_url,
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/v.db",
+        )
+        async with serve(settings) as url:
+            probed = await client.get(f"{url}/readyz?probe=upstream")
+            again = await client.get(f"{url}/readyz?probe=upstream")
+    assert probed.status_code == 200, probed.text
+    assert probed.json()["checks"]["provider"] == "reachable"
+    assert probed.json()["upstreams"] == {"claude-sonnet-5-5": "reachable"}
+    assert again.json() == probed.json()
+    # One plain GET, shared by both probes (cached): no key sent, no message requested.
+    assert [(r.method, r.api_key) for r in fake.requests] == [("GET", None)]
 
 
 def test_one_json_log_line_per_request_and_per_finished_stream(tmp_path: Path) -> None:

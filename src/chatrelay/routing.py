@@ -57,6 +57,16 @@ class Router:
         spec = self.config.specs[self.default]
         return f"model={self.default} provider={spec.provider}"
 
+    def upstreams(self) -> dict[str, str]:
+        """alias -> the base URL its provider sends to, for each alias that can serve over
+        the network (the mock has none)."""
+        found: dict[str, str] = {}
+        for alias, provider in self._providers.items():
+            url = getattr(provider, "base_url", None)  # only the network providers have one
+            if isinstance(url, str) and url:
+                found[alias] = url
+        return found
+
     def targets(self, requested: str | None) -> list[Target]:
         """The requested alias (or the default) first, then its available fallbacks."""
         alias = requested or self.default

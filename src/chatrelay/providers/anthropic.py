@@ -141,6 +141,11 @@ class AnthropicProvider:
         )
         return cls(client)
 
+    @property
+    def base_url(self) -> str:
+        """Where its requests go (what `GET /readyz?probe=upstream` reaches)."""
+        return str(self._client.base_url)
+
     def check(self, params: ChatParams) -> None:
         return None
 

@@ -127,6 +127,11 @@ class OpenAIProvider:
         )
         return cls(client, official=base_url is None or "api.openai.com" in base_url)
 
+    @property
+    def base_url(self) -> str:
+        """Where its requests go (what `GET /readyz?probe=upstream` reaches)."""
+        return str(self._client.base_url)
+
     def check(self, params: ChatParams) -> None:
         return None
 
