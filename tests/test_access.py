@@ -488,8 +488,12 @@ async def test_token_budgets_are_reserved_up_front_and_settled_from_usage(
     assert after_small["tokens_per_minute"]["remaining"] == 2990
     assert too_big.status_code == 429
     assert too_big.headers["x-ratelimit-scope"] == "tokens_per_day"
-    assert over_minute.status_code == 429
-    assert over_minute.headers["x-ratelimit-scope"] == "tokens_per_minute"
+    # More than the whole per-minute budget can never pass: no "try again in N s" for it.
+    assert over_minute.status_code == 422
+    assert over_minute.json()["error"]["code"] == "request_over_limit"
+    assert "tokens_per_minute limit of 3000" in over_minute.json()["error"]["message"]
+    assert over_minute.json()["error"]["fields"][0]["field"] == "max_tokens"
+    assert "retry-after" not in over_minute.headers
     assert len(fake.requests) == 1  # refused before the upstream was called
 
 
@@ -532,10 +536,11 @@ async def test_the_reservation_counts_the_stored_history_sent_upstream(
             short = await stream_chat(client, url, turn("and a short one"))
             stored = (await client.get(f"{url}/conversations/long-history")).json()
     assert first.named("end")["reason"] == "completed"
-    assert refused.status_code == 429
-    assert refused.json()["error"]["code"] == "limit_exceeded"
-    assert refused.headers["x-ratelimit-scope"] == scope
-    assert remaining == 10_000 - 10  # the refused reservation was given back
+    # ~15,100 tokens can never fit a 10,000 budget: refused as such, not "try again later".
+    assert refused.status_code == 422
+    assert refused.json()["error"]["code"] == "request_over_limit"
+    assert f"{scope} limit of 10000" in refused.json()["error"]["message"]
+    assert remaining == 10_000 - 10  # nothing was reserved for it
     # Refused before the provider was called, and before the conversation was touched: the
     # next turn is accepted, and the refused message was never stored or sent.
     assert short.named("end")["reason"] == "completed"

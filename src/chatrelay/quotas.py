@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from .errors import ChatRelayError, ConfigError
+from .errors import ChatRelayError, ConfigError, FieldProblem, RequestError
 
 DAY_S = 86_400
 
@@ -70,6 +70,22 @@ class LimitExceeded(ChatRelayError):
         self.limit_name = name
         self.limit = limit
         self.retry_after = reset_s
+
+
+class OverLimit(RequestError):
+    """A request larger than a token limit of its caller: no wait would let it through."""
+
+    code = "request_over_limit"
+    status = 422
+
+    def __init__(self, name: str, limit: int, tokens: int) -> None:
+        super().__init__(
+            f"This request needs about {tokens} tokens (its input plus max_tokens), more than"
+            f" your {name} limit of {limit}: lower max_tokens or send less"
+        )
+        self.problems = [
+            FieldProblem("max_tokens", f"{name} is {limit}; this request needs ~{tokens}")
+        ]
 
 
 class Counters(Protocol):
@@ -200,7 +216,14 @@ class Quotas:
         return f"{self._prefix}:q:{principal}:{what}"
 
     async def admit(self, principal: str, limits: Limits, tokens: int, stream_id: str) -> Admission:
-        """Count the request, reserve its tokens and a stream slot, or raise LimitExceeded."""
+        """Count the request, reserve its tokens and a stream slot, or raise LimitExceeded
+        (or OverLimit for a request that could never fit, however long it waited)."""
+        for name, limit in (
+            ("tokens_per_minute", limits.tpm),
+            ("tokens_per_day", limits.daily_tokens),
+        ):
+            if limit is not None and tokens > limit:
+                raise OverLimit(name, limit, tokens)
         clock = time.time()
         minute, day = int(clock // 60), int(clock // DAY_S)
         to_minute, to_day = 60 - clock % 60, DAY_S - clock % DAY_S
