@@ -184,6 +184,9 @@ async def test_an_upstream_failure_half_way_keeps_the_partial_reply_and_its_code
     assert question["content"] == "count"
     assert reply["content"] == "one two three four five "
     assert reply["end_reason"] == "error" and reply["error_code"] == "overloaded"
+    # The message the error frame showed is stored with it (the page shows it after a reload).
+    assert reply["error_message"] == result.errors[0]["error"]
+    assert "overloaded" in reply["error_message"]
 
 
 async def test_a_reply_cut_by_the_client_is_kept_as_disconnected(
@@ -208,7 +211,7 @@ async def test_a_reply_cut_by_the_client_is_kept_as_disconnected(
     reply = stored["messages"][1]
     assert reply["content"] == "a b "
     assert reply["end_reason"] == "disconnected"
-    assert reply["error_code"] is None
+    assert reply["error_code"] is None and reply["error_message"] is None
 
 
 async def test_a_second_request_while_a_reply_streams_gets_409(

@@ -523,6 +523,34 @@ async def test_an_error_frame_is_shown_in_place_with_a_retry_button(page: Page, 
     await expect(page.locator(".msg.assistant .error")).to_contain_text("rate_limited")
 
 
+async def test_a_failed_reply_shows_its_own_error_message_after_a_reload(
+    page: Page, site: Site
+) -> None:
+    """The stored reply keeps the message its error frame showed; reloaded, the page shows
+    that message, not a generic one."""
+    await load(page, site.url)
+    # The provider rejects the request part-way: its explanation is passed through to the user.
+    site.steer.update(fail_after=3, fail_code="invalid_request")
+    reply = await send(page, "Say something the provider refuses")
+    shown = "The AI provider rejected the request: mock failure after 3 pieces"
+    await expect(reply.locator(".error p")).to_have_text(shown)
+    assert len(words(await text_of(reply))) == 3
+    site.steer.clear()
+
+    stored = (await site.conversation(await conversation_id(page)))["messages"][-1]
+    assert (stored["error_code"], stored["error_message"]) == ("invalid_request", shown)
+
+    await page.reload()
+    await page.wait_for_selector("html[data-ready]")
+    reloaded = page.locator(".msg.assistant")
+    await expect(reloaded).to_have_count(1)
+    await expect(reloaded.locator(".error p")).to_have_text(shown)
+    await expect(reloaded.locator(".error .code")).to_have_text("invalid_request")
+    await expect(reloaded).not_to_contain_text("cut off by an error")
+    assert len(words(await text_of(reloaded))) == 3
+    await shot(page, "error-reloaded")
+
+
 async def test_a_reply_cut_by_an_error_counts_the_tokens_it_produced(
     page: Page, site: Site
 ) -> None:

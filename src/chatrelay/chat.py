@@ -174,6 +174,7 @@ class ChatJob:
                 end_reason=outcome,
                 stop_reason=end.stop_reason if end else None,
                 error_code=error.code if error else None,
+                error_message=error.message if error else None,
                 ttft_ms=round((first_at - started) * 1000) if first_at else None,
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 thinking="".join(thinking) or None,
@@ -193,6 +194,7 @@ class ChatJob:
             stream_id=self.stream_id,
             end_reason="error",
             error_code=error.code,
+            error_message=error.message,
             input_tokens=0,
             output_tokens=0,
         )

@@ -61,6 +61,7 @@ class Reply:
     end_reason: str
     stop_reason: str | None = None
     error_code: str | None = None
+    error_message: str | None = None  # the error frame's message, safe to show a user
     input_tokens: int | None = None
     output_tokens: int | None = None
     usage_estimated: bool = False
@@ -275,6 +276,7 @@ class Store:
             "end_reason": reply.end_reason,
             "stop_reason": reply.stop_reason,
             "error_code": reply.error_code,
+            "error_message": reply.error_message,
             "input_tokens": reply.input_tokens,
             "output_tokens": reply.output_tokens,
             "usage_estimated": reply.usage_estimated,

@@ -54,6 +54,7 @@ def message_view(message: Message) -> dict[str, Any]:
             end_reason=message.end_reason,
             stop_reason=message.stop_reason,
             error_code=message.error_code,
+            error_message=message.error_message,
             usage={
                 "input_tokens": message.input_tokens,
                 "output_tokens": message.output_tokens,

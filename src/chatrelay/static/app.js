@@ -228,10 +228,9 @@ function addStoredReply(message) {
   view.final(message.content || "");
   view.setMeta({ usage: message.usage, reason: message.end_reason, model: message.model });
   if (message.error_code) {
-    view.showError({
-      message: message.content ? "The reply was cut off by an error." : "The reply failed.",
-      code: message.error_code,
-    });
+    // The message the stream showed; replies stored before the server kept it have only a code.
+    const fallback = message.content ? "The reply was cut off by an error." : "The reply failed.";
+    view.showError({ message: message.error_message || fallback, code: message.error_code });
   }
   append(view.el);
 }
