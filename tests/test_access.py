@@ -9,6 +9,7 @@ import threading
 import time
 from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager, contextmanager
+from dataclasses import dataclass
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
@@ -20,8 +21,15 @@ from cryptography.hazmat.primitives.asymmetric import ec, rsa
 from chatrelay.app import create_app
 from chatrelay.errors import ConfigError
 
-from .conftest import REDIS_URL, make_settings, redis_prefix, serve_app, stream_chat
-from .fakes.anthropic_upstream import FakeAnthropic, Scenario
+from .conftest import (
+    REDIS_URL,
+    StreamResult,
+    make_settings,
+    redis_prefix,
+    serve_app,
+    stream_chat,
+)
+from .fakes.anthropic_upstream import FakeAnthropic, RecordedRequest, Scenario
 
 HI = {"messages": [{"role": "user", "content": "hi"}]}
 SECRET = "jwt-test-secret-that-is-long-enough-0123456789"
@@ -497,27 +505,51 @@ async def test_token_budgets_are_reserved_up_front_and_settled_from_usage(
     assert len(fake.requests) == 1  # refused before the upstream was called
 
 
-@pytest.mark.parametrize(
-    ("limit", "scope"),
-    [("tpm=10000", "tokens_per_minute"), ("daily_tokens=10000", "tokens_per_day")],
-)
-async def test_the_reservation_counts_the_stored_history_sent_upstream(
+LONG = "x" * 30_000  # about 7,500 tokens
+TOKEN_SCOPES = pytest.mark.parametrize("scope", ["tokens_per_minute", "tokens_per_day"])
+
+
+@dataclass
+class LongTurns:
+    """A long turn accepted, a second long one refused, then a short one (all one
+    conversation), and what the caller, the store and the upstream saw of them."""
+
+    first: StreamResult
+    refused: httpx.Response
+    remaining: int  # of the refused turn's scope, just after it
+    short: StreamResult
+    stored: dict[str, Any]
+    upstream: list[RecordedRequest]
+
+    def assert_refused_before_the_provider_and_the_store(self) -> None:
+        assert self.first.named("end")["reason"] == "completed"
+        # The next turn is accepted, and the refused message was never stored or sent.
+        assert self.short.named("end")["reason"] == "completed"
+        assert len(self.upstream) == 2
+        sent = [m["content"] for m in self.upstream[1].body["messages"]]
+        assert sent == [LONG, "ok", "and a short one"]
+        assert [m["content"] for m in self.stored["messages"]] == [*sent, "ok"]
+
+
+async def long_turns(
     client: httpx.AsyncClient,
     tmp_path: Any,
-    limits_backend: dict[str, Any],
-    limit: str,
+    backend: dict[str, Any],
     scope: str,
-) -> None:
-    long = "x" * 30_000  # about 7,500 tokens; two of them do not fit a 10,000 budget
+    budget: int,
+    input_tokens: int,
+) -> LongTurns:
+    """`input_tokens` is what the upstream reports (and so what the first turn is billed)."""
     async with FakeAnthropic() as fake:
-        fake.default = Scenario(deltas=["ok"], input_tokens=7, output_tokens=3)
+        fake.default = Scenario(deltas=["ok"], input_tokens=input_tokens, output_tokens=3)
+        limit = {"tokens_per_minute": "tpm", "tokens_per_day": "daily_tokens"}[scope]
         settings = {
             "provider": "anthropic",
             "anthropic_api_key": "sk-ant-test",
             "anthropic_base_url": fake.base_url,
             "auth": "anonymous",
-            "limits_anonymous": limit,
-            **limits_backend,
+            "limits_anonymous": f"{limit}={budget}",
+            **backend,
         }
 
         def turn(content: str) -> dict[str, Any]:
@@ -528,26 +560,40 @@ async def test_the_reservation_counts_the_stored_history_sent_upstream(
             }
 
         async with running(tmp_path, **settings) as (url, _):
-            first = await stream_chat(client, url, turn(long))
-            # Alone it would fit (7,600 reserved, 10 used so far); with its history it is
-            # about 15,100 tokens upstream.
-            refused = await client.post(f"{url}/ai/stream/chat", json=turn(long))
+            first = await stream_chat(client, url, turn(LONG))
+            # Alone the second would fit (7,600 reserved); with its history it is about
+            # 15,100 tokens upstream.
+            refused = await client.post(f"{url}/ai/stream/chat", json=turn(LONG))
             remaining = (await client.get(f"{url}/me")).json()["limits"][scope]["remaining"]
             short = await stream_chat(client, url, turn("and a short one"))
             stored = (await client.get(f"{url}/conversations/long-history")).json()
-    assert first.named("end")["reason"] == "completed"
+        return LongTurns(first, refused, remaining, short, stored, list(fake.requests))
+
+
+@TOKEN_SCOPES
+async def test_the_reservation_counts_the_stored_history_sent_upstream(
+    client: httpx.AsyncClient, tmp_path: Any, limits_backend: dict[str, Any], scope: str
+) -> None:
+    # 7,503 of 20,000 used by the first turn: the second fits the budget, not what is left.
+    turns = await long_turns(client, tmp_path, limits_backend, scope, 20_000, 7_500)
+    assert turns.refused.status_code == 429
+    assert turns.refused.json()["error"]["code"] == "limit_exceeded"
+    assert turns.refused.headers["x-ratelimit-scope"] == scope
+    assert turns.remaining == 20_000 - 7_503  # the refused reservation was given back
+    turns.assert_refused_before_the_provider_and_the_store()
+
+
+@TOKEN_SCOPES
+async def test_a_turn_whose_history_alone_is_over_the_budget_is_over_limit(
+    client: httpx.AsyncClient, tmp_path: Any, limits_backend: dict[str, Any], scope: str
+) -> None:
+    turns = await long_turns(client, tmp_path, limits_backend, scope, 10_000, 7)
     # ~15,100 tokens can never fit a 10,000 budget: refused as such, not "try again later".
-    assert refused.status_code == 422
-    assert refused.json()["error"]["code"] == "request_over_limit"
-    assert f"{scope} limit of 10000" in refused.json()["error"]["message"]
-    assert remaining == 10_000 - 10  # nothing was reserved for it
-    # Refused before the provider was called, and before the conversation was touched: the
-    # next turn is accepted, and the refused message was never stored or sent.
-    assert short.named("end")["reason"] == "completed"
-    assert len(fake.requests) == 2
-    sent = [m["content"] for m in fake.requests[1].body["messages"]]
-    assert sent == [long, "ok", "and a short one"]
-    assert [m["content"] for m in stored["messages"]] == [*sent, "ok"]
+    assert turns.refused.status_code == 422
+    assert turns.refused.json()["error"]["code"] == "request_over_limit"
+    assert f"{scope} limit of 10000" in turns.refused.json()["error"]["message"]
+    assert turns.remaining == 10_000 - 10  # nothing was reserved for it
+    turns.assert_refused_before_the_provider_and_the_store()
 
 
 # -- input limits ----------------------------------------------------------------------------
