@@ -156,7 +156,9 @@ async def test_an_unknown_well_formed_id_creates_that_conversation(
     assert len(stored["messages"]) == 2
 
 
-@pytest.mark.parametrize("bad", ["has space", "-leading-dash", "x" * 101, "semi;colon"])
+@pytest.mark.parametrize(
+    "bad", ["has space", "-leading-dash", "x" * 101, "semi;colon", "trailing-newline\n"]
+)
 async def test_a_malformed_id_is_refused_naming_the_field(
     client: httpx.AsyncClient, database_url: str, bad: str
 ) -> None:

@@ -32,7 +32,7 @@ from .quotas import Limits
 log = logging.getLogger("chatrelay.auth")
 access_log = logging.getLogger("chatrelay.access")
 
-_GOOD_REQUEST_ID = re.compile(r"^[A-Za-z0-9._:-]{1,64}$")
+_GOOD_REQUEST_ID = re.compile(r"\A[A-Za-z0-9._:-]{1,64}\Z")
 # Reachable without credentials: health checks, the API description, the chat page.
 OPEN_PATHS = ("/healthz", "/readyz", "/docs", "/redoc", "/openapi.json")
 # Request volumes, token totals and aliases: for the operator only, unless the server is open.
@@ -271,11 +271,15 @@ class AccessMiddleware:
 
         async def send_with_id(message: Message) -> None:
             nonlocal status, responded
-            if message["type"] == "http.response.start":
-                status = message["status"]
-                responded = True
-                message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            if message["type"] != "http.response.start":
+                await send(message)
+                return
+            message["headers"] = [*message.get("headers", []), (b"x-request-id", raw_id)]
+            # Recorded once the server took it: a start it refuses (a bad header value) is
+            # logged as the failure it is, not as the status that never went out.
             await send(message)
+            status = message["status"]
+            responded = True
 
         async def serve() -> None:
             try:

@@ -39,7 +39,7 @@ from .group_commit import GroupCommit
 from .tables import Conversation, Message
 
 # What a conversation id looks like (ours are UUIDs; clients may choose their own).
-CONVERSATION_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}$")
+CONVERSATION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")  # \Z: no trailing newline
 
 
 def now() -> datetime:
