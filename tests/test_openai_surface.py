@@ -9,6 +9,7 @@ what reaches the Anthropic upstream (a loopback fake) after translation.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from pathlib import Path
@@ -267,6 +268,55 @@ async def test_each_anthropic_delta_becomes_one_chunk_with_exactly_its_text(
     assert usage is not None
     assert (usage.prompt_tokens, usage.completion_tokens) == (21, len(TRICKY))
     assert usage.total_tokens == 21 + len(TRICKY)
+
+
+async def test_closing_a_stream_closes_the_upstream_at_once_without_a_resume_grace(
+    fake: FakeAnthropic,
+) -> None:
+    fake.enqueue(Scenario(deltas=["x "] * 500, interval=0.01))
+    # The resume grace is for /ai/stream/chat readers: chunks carry no ids, nobody resumes.
+    async with openai_client(anthropic_settings(fake, resume_grace_s=10)) as sdk:
+        stream = await sdk.chat.completions.create(
+            model="claude-sonnet-5-5", messages=HI, stream=True
+        )
+        seen = 0
+        async for _ in stream:
+            seen += 1
+            if seen == 3:
+                break
+        await stream.close()
+        closed_at = time.monotonic()
+        [request] = fake.requests
+        assert await request.wait_closed(2)
+    assert request.outcome == "client_gone"
+    assert request.disconnected_at is not None
+    assert request.disconnected_at - closed_at < 0.1
+
+
+async def test_a_stream_is_stopped_through_its_stream_id_with_a_stop_finish(
+    fake: FakeAnthropic, client: httpx.AsyncClient
+) -> None:
+    fake.enqueue(Scenario(deltas=["x "] * 500, interval=0.01))
+    settings = anthropic_settings(fake)
+    async with serve(settings) as url:
+        sdk = openai.AsyncOpenAI(api_key="unused", base_url=f"{url}/v1", max_retries=0)
+        async with sdk:
+            raw = await sdk.chat.completions.with_raw_response.create(
+                model="claude-sonnet-5-5", messages=HI, stream=True
+            )
+            stream_id = raw.headers["x-stream-id"]
+            chunks: list[ChatCompletionChunk] = []
+            async with raw.parse() as stream:
+                async for chunk in stream:
+                    chunks.append(chunk)
+                    if len(chunks) == 3:
+                        stopped = await client.post(f"{url}/ai/stream/{stream_id}/stop")
+        [request] = fake.requests
+        assert await request.wait_closed(2)
+    assert stopped.json() == {"stream_id": stream_id, "status": "stopped"}
+    assert request.outcome == "client_gone"
+    assert [c for c in chunks if c.choices][-1].choices[0].finish_reason == "stop"
+    assert len(content_of(chunks)) < 1000
 
 
 async def test_a_non_streamed_anthropic_reply_is_the_deltas_joined(fake: FakeAnthropic) -> None:

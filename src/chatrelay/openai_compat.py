@@ -8,16 +8,18 @@ structured output) are refused with a 400 that names them, never silently droppe
 
 from __future__ import annotations
 
+import asyncio
 import re
 import time
 from collections.abc import AsyncGenerator
+from contextlib import aclosing
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .chat import ChatJob, Completion
-from .errors import FieldProblem, InvalidField, Unsupported
+from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
 from .events import TextDelta, Usage
 from .relay import Answering, End, RelayEvent
 from .routes.errors import openai_error_body
@@ -205,9 +207,10 @@ class ChunkEncoder:
     def __init__(self, job: ChatJob, include_usage: bool) -> None:
         self.job = job
         self.include_usage = include_usage
-        self.model = job.requested_model
-        # Every chunk shares this prefix; only the choices (or usage) differ.
+        # Every chunk shares this prefix; only the choices (or usage) differ. The answering
+        # model replaces the requested one in it as soon as it is known.
         self._prefix = b""
+        self._set_model(job.requested_model)
 
     def _set_model(self, model: str) -> None:
         self.model = model
@@ -238,7 +241,7 @@ class ChunkEncoder:
         if kind is End:
             end: End = event  # type: ignore[assignment]
             if end.error is not None:
-                return [b"data: " + orjson.dumps(openai_error_body(end.error)) + b"\n\n", DONE]
+                return [error_chunk(end.error), DONE]
             finish = FINISH_REASONS.get(end.stop_reason or "end_turn", "stop")
             frames = [self._chunk({}, finish)]
             if self.include_usage:
@@ -248,23 +251,74 @@ class ChunkEncoder:
             return frames
         return []  # thinking has no place in the Chat Completions format
 
+    def stopped(self) -> bytes:
+        """The last chunk of a reply cut short on purpose (a Stop)."""
+        return self._chunk({}, "stop")
+
 
 DONE = b"data: [DONE]\n\n"
 
 
-async def chunk_frames(
-    encoder: ChunkEncoder, events: AsyncGenerator[RelayEvent, None], first: list[RelayEvent]
-) -> AsyncGenerator[bytes, None]:
-    """`first` are events already taken from `events` (to choose the HTTP status)."""
-    try:
-        for event in first:
-            for frame in encoder.encode(event):
-                yield frame
-        async for event in events:
-            for frame in encoder.encode(event):
-                yield frame
-    finally:
-        await events.aclose()
+def error_chunk(error: ChatRelayError) -> bytes:
+    """A failure after the 200, in OpenAI's error shape (the SDKs raise it as an APIError)."""
+    return b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
+
+
+class ChunkStream:
+    """A `/v1/chat/completions` stream as the hub generates it (a `streams.Wire`).
+
+    Its frames are the job's events as chunks, from the generation's task, so the stream is
+    drained on shutdown and can be stopped like any other. It also tells the route how the
+    reply opened: a failure before the first token is answered as an HTTP status.
+    """
+
+    # Chunks carry no `id:`, so nobody can resume one: a client that leaves cancels it.
+    resumable = False
+
+    def __init__(self, job: ChatJob, include_usage: bool) -> None:
+        self.encoder = ChunkEncoder(job, include_usage)
+        loop = asyncio.get_running_loop()
+        self._began: asyncio.Future[None] = loop.create_future()  # a first event came
+        # How the reply opened: its error if it failed before any output, else None.
+        self._opened: asyncio.Future[ChatRelayError | None] = loop.create_future()
+
+    async def frames(self, job: ChatJob) -> AsyncGenerator[bytes, None]:
+        encode = self.encoder.encode
+        try:
+            async with aclosing(job.events()) as events:
+                async for event in events:
+                    if not self._opened.done():
+                        self._open(event)
+                    for frame in encode(event):
+                        yield frame
+        finally:
+            # Cut before its first output: a shutdown is a status OpenAI clients retry.
+            cut = ServerRestarting() if job.cancel_reason == "server_restarting" else None
+            self._settle(cut)
+
+    def _open(self, event: RelayEvent) -> None:
+        if not self._began.done():
+            self._began.set_result(None)
+        if type(event) is not Answering:  # the answering model, just before its first output
+            self._settle(event.error if type(event) is End else None)
+
+    def _settle(self, failure: ChatRelayError | None) -> None:
+        if not self._began.done():
+            self._began.set_result(None)
+        if not self._opened.done():
+            self._opened.set_result(failure)
+
+    async def failure_before_output(self, wait_s: float) -> ChatRelayError | None:
+        """The error the reply failed with before any output, if it did; None once it has
+        output, or if it has given no sign within `wait_s` (the route then commits to a 200
+        stream, so that proxies see bytes, and a later failure is an error chunk)."""
+        done, _ = await asyncio.wait({self._began}, timeout=wait_s)
+        return await self._opened if done else None
+
+    def cancelled(self, reason: str, seq: int) -> list[bytes]:
+        if reason == "server_restarting":
+            return [error_chunk(ServerRestarting()), DONE]
+        return [self.encoder.stopped(), DONE]  # stopped, or its client left
 
 
 def completion_object(reply: Completion) -> dict[str, Any]:

@@ -16,6 +16,9 @@ on this instance or (with Redis) another one.
   `stopped`, then `[DONE]`.
 - On shutdown new streams are refused, running ones get `shutdown_grace_s` to finish, and the
   rest end with a `server_restarting` error frame.
+
+A generation's *wire* says what its frames look like: the seed's SSE frames (`SEED`, for
+`/ai/stream/chat`), or OpenAI's chunks (`openai_compat.ChunkStream`, for `/v1/chat/completions`).
 """
 
 from __future__ import annotations
@@ -24,7 +27,7 @@ import asyncio
 import logging
 from collections.abc import AsyncGenerator
 from contextlib import aclosing
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Protocol
 
 from .errors import NotFound, ServerRestarting
 from .eventlogs import EventLog
@@ -36,13 +39,45 @@ if TYPE_CHECKING:
 log = logging.getLogger("chatrelay.streams")
 
 
+class Wire(Protocol):
+    """The frames of one generation, and how they end when it is cut."""
+
+    # Whether readers can resume it (its frames carry ids): if not, the last reader leaving
+    # cancels it at once instead of after the resume grace.
+    resumable: bool
+
+    def frames(self, job: ChatJob) -> AsyncGenerator[bytes, None]:
+        """The reply's frames; the last one ends with `data: [DONE]`."""
+        ...
+
+    def cancelled(self, reason: str, seq: int) -> list[bytes]:
+        """The last frames (from `seq` on) of a generation cut for `reason`."""
+        ...
+
+
+class SeedWire:
+    """The seed guide's SSE frames (`sse.py`)."""
+
+    resumable = True
+
+    def frames(self, job: ChatJob) -> AsyncGenerator[bytes, None]:
+        return seed_frames(job)
+
+    def cancelled(self, reason: str, seq: int) -> list[bytes]:
+        return cancelled_frames(reason, seq)
+
+
+SEED = SeedWire()
+
+
 class Generation:
     """A reply being generated on this instance."""
 
-    __slots__ = ("ended", "grace", "job", "readers", "task")
+    __slots__ = ("ended", "grace", "job", "readers", "task", "wire")
 
-    def __init__(self, job: ChatJob) -> None:
+    def __init__(self, job: ChatJob, wire: Wire) -> None:
         self.job = job
+        self.wire = wire
         self.ended = False  # its last frame ([DONE]) is out; only bookkeeping remains
         self.readers = 0
         self.grace: asyncio.TimerHandle | None = None
@@ -70,12 +105,14 @@ class StreamHub:
         return len(self._running)
 
     # -- generations -------------------------------------------------------------------------
-    async def open(self, job: ChatJob, owner: str) -> AsyncGenerator[bytes, None]:
+    async def open(
+        self, job: ChatJob, owner: str, wire: Wire = SEED
+    ) -> AsyncGenerator[bytes, None]:
         """Start generating `job`; return the first reader (already counted)."""
         if self.draining:
             raise ServerRestarting()
         await self.events.create(job.stream_id, owner)
-        generation = Generation(job)
+        generation = Generation(job, wire)
         generation.readers = 1  # the POST's own response, before it starts reading
         self._running[job.stream_id] = generation
         generation.task = asyncio.get_running_loop().create_task(
@@ -88,7 +125,7 @@ class StreamHub:
         seq = 0
         try:
             try:
-                async with aclosing(seed_frames(generation.job)) as frames:
+                async with aclosing(generation.wire.frames(generation.job)) as frames:
                     async for frame in frames:
                         seq += 1
                         await self.events.append(stream_id, seq, frame)
@@ -98,7 +135,7 @@ class StreamHub:
                 # Stopped, abandoned by its readers, or the server is going away: the job has
                 # recorded why; the readers (and later resumes) get the matching end frames.
                 reason = generation.job.cancel_reason or "server_restarting"
-                for frame in cancelled_frames(reason, seq + 1):
+                for frame in generation.wire.cancelled(reason, seq + 1):
                     seq += 1
                     await self.events.append(stream_id, seq, frame)
         except Exception:
@@ -157,7 +194,7 @@ class StreamHub:
     def _arm_grace(self, generation: Generation) -> None:
         if generation.task is None or generation.task.done():
             return
-        if self._grace_s <= 0:
+        if self._grace_s <= 0 or not generation.wire.resumable:
             self._cancel(generation, "disconnected")
             return
         if generation.grace is None:
