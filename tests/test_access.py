@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import logging
 import threading
@@ -599,6 +600,9 @@ async def test_a_turn_whose_history_alone_is_over_the_budget_is_over_limit(
 # -- input limits ----------------------------------------------------------------------------
 
 
+PNG_60_BYTES = base64.b64encode(b"\x89PNG\r\n\x1a\n" + bytes(52)).decode()  # 80 characters
+
+
 async def test_input_limits_name_themselves(client: httpx.AsyncClient, tmp_path: Any) -> None:
     settings = {
         "provider": "mock",
@@ -609,7 +613,7 @@ async def test_input_limits_name_themselves(client: httpx.AsyncClient, tmp_path:
     }
     image = {
         "type": "image",
-        "source": {"type": "base64", "media_type": "image/png", "data": "A" * 80},
+        "source": {"type": "base64", "media_type": "image/png", "data": PNG_60_BYTES},
     }
     bodies = {
         "CHATRELAY_MAX_MESSAGES": {"messages": [{"role": "user", "content": "x"}] * 4},

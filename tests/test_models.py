@@ -229,6 +229,35 @@ async def test_images_go_to_vision_models_and_are_refused_by_others(
     }
 
 
+@pytest.mark.parametrize(
+    ("data", "media_type", "says"),
+    [
+        ("not base64!", "image/png", "is not valid base64"),
+        ("iVBORw0KGgo", "image/png", "is not valid base64"),  # padding missing
+        ("iVBORw0KGgo=", "image/jpeg", "is not a jpeg image"),  # a PNG, declared as JPEG
+        ("R0lGODlhAQABAAAAACw=", "image/webp", "is not a webp image"),  # a GIF
+    ],
+)
+async def test_image_data_that_is_not_what_it_says_is_refused_before_the_upstream(
+    client: httpx.AsyncClient,
+    anthropic_fake: FakeAnthropic,
+    models_file: Path,
+    data: str,
+    media_type: str,
+    says: str,
+) -> None:
+    image = {"type": "image", "source": {"type": "base64", "media_type": media_type, "data": data}}
+    body = {"messages": [{"role": "user", "content": [{"type": "text", "text": "?"}, image]}]}
+    async with serve(settings_with(models_file)) as url:
+        refused = await client.post(f"{url}/ai/stream/chat", json=body)
+    assert refused.status_code == 422
+    [problem] = [
+        p for p in error_of(refused)["fields"] if p["field"].startswith("messages[0].content[1]")
+    ]
+    assert says in problem["message"]
+    assert anthropic_fake.requests == []
+
+
 async def test_anthropic_extras_reach_the_upstream(
     client: httpx.AsyncClient, anthropic_fake: FakeAnthropic
 ) -> None:

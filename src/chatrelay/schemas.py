@@ -8,6 +8,7 @@ Anthropic shape; the OpenAI-compatible surface translates into it.
 
 from __future__ import annotations
 
+import binascii
 from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
@@ -50,9 +51,33 @@ class ImageBlock(BaseModel):
     def _complete(cls, source: ImageSource) -> ImageSource:
         if source.type == "base64" and (source.data is None or source.media_type is None):
             raise ValueError("a base64 image needs `media_type` and `data`")
+        if source.type == "base64" and source.data is not None and source.media_type:
+            _check_image_data(source.data, source.media_type)
         if source.type == "url" and source.url is None:
             raise ValueError("a url image needs `url`")
         return source
+
+
+# The first bytes of each accepted format (WebP: "RIFF", 4 bytes of size, "WEBP").
+_SIGNATURES = {
+    "image/png": (b"\x89PNG\r\n\x1a\n",),
+    "image/jpeg": (b"\xff\xd8\xff",),
+    "image/gif": (b"GIF87a", b"GIF89a"),
+    "image/webp": (b"RIFF",),
+}
+
+
+def _check_image_data(data: str, media_type: str) -> None:
+    """Refuse what the provider would refuse anyway, before anything is stored or sent."""
+    try:
+        decoded = binascii.a2b_base64(data, strict_mode=True)
+    except binascii.Error:
+        raise ValueError("`source.data` is not valid base64") from None
+    matches = decoded.startswith(_SIGNATURES[media_type])
+    if media_type == "image/webp":
+        matches = matches and decoded[8:12] == b"WEBP"
+    if not matches:
+        raise ValueError(f"`source.data` is not a {media_type.removeprefix('image/')} image")
 
 
 ContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
