@@ -115,11 +115,14 @@ async def seed_frames(job: ChatJob) -> AsyncGenerator[bytes, None]:
 _CANCELLED_ERRORS = {
     "server_restarting": "The server is restarting; resume this stream or send the message again.",
     "instance_lost": "The server generating this reply went away; send the message again.",
+    # A reader on another instance found frames missing from Redis that nobody can fill.
+    "stream_incomplete": "Part of this reply was lost; send the message again.",
 }
 
 
 def cancelled_frames(reason: str, seq: int) -> list[bytes]:
-    """The last frames of a stream that was stopped, abandoned or cut by its server."""
+    """The last frames of a stream that was stopped, abandoned or cut by its server (or, for
+    one reader, whose frames could not all be delivered: `stream_incomplete`)."""
     frames = []
     message = _CANCELLED_ERRORS.get(reason)
     if message is not None:

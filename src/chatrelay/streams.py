@@ -13,7 +13,8 @@ on this instance or (with Redis) another one.
   waiting for a resume; then it is cancelled (which closes the upstream request). A grace of 0
   cancels at once, as a plain relay would.
 - Stop cancels the generation wherever it runs; its readers get an `end` frame with reason
-  `stopped`, then `[DONE]`.
+  `stopped`, then `[DONE]`. It answers `stopped` only once the generation has ended (on
+  another instance: once that instance says so), else `stop_unconfirmed` after `stop_wait_s`.
 - On shutdown new streams are refused, running ones get `shutdown_grace_s` to finish, and the
   rest end with a `server_restarting` error frame.
 
@@ -29,7 +30,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import NotFound, ServerRestarting
+from .errors import NotFound, ServerRestarting, StopUnconfirmed
 from .eventlogs import EventLog
 from .sse import DONE_SUFFIX, cancelled_frames, seed_frames
 
@@ -37,6 +38,9 @@ if TYPE_CHECKING:
     from .chat import ChatJob
 
 log = logging.getLogger("chatrelay.streams")
+
+# How long a Stop waits for the generation to end (or its instance to say it has).
+STOP_WAIT_S = 5.0
 
 
 class Wire(Protocol):
@@ -87,10 +91,13 @@ class Generation:
 class StreamHub:
     """Runs this instance's generations and serves readers of any stream."""
 
-    def __init__(self, events: EventLog, *, grace_s: float, instance: str) -> None:
+    def __init__(
+        self, events: EventLog, *, grace_s: float, instance: str, stop_wait_s: float = STOP_WAIT_S
+    ) -> None:
         self.events = events
         self.instance = instance
         self._grace_s = grace_s
+        self.stop_wait_s = stop_wait_s
         self._running: dict[str, Generation] = {}
         self.draining = False
 
@@ -218,37 +225,48 @@ class StreamHub:
 
     # -- stop --------------------------------------------------------------------------------
     async def stop(self, stream_id: str, owner: str | None) -> str:
-        """Stop a stream wherever it runs; 'stopped', or 'finished' if it had already ended."""
+        """Stop a stream wherever it runs; 'stopped', or 'finished' if it had already ended.
+
+        Raises StopUnconfirmed when the generation did not end within `stop_wait_s` (here), or
+        its instance did not say it had (elsewhere: it may be cut off from Redis)."""
         info = await self.events.info(stream_id)
         if info is None or (owner is not None and info.owner != owner):
             raise NotFound(f"Stream {stream_id!r} not found (unknown, or expired)")
         if info.finished:
             return "finished"
         generation = self._running.get(stream_id)
-        if generation is not None and generation.ended:
-            return "finished"
         if generation is not None:
-            self._cancel(generation, "stopped")
-            if generation.task is not None:
-                await asyncio.wait({generation.task}, timeout=5)
-            return "stopped"
-        await self.events.request_stop(info)
-        for _ in range(100):  # wait (up to 5 s) for the other instance to end it
-            current = await self.events.info(stream_id)
-            if current is None or current.finished:
-                break
-            await asyncio.sleep(0.05)
-        return "stopped"
+            answer = await self._stop_here(generation)
+        elif info.instance == self.instance:
+            answer = "finished"  # ours, and no longer running: only its log is being closed
+        else:
+            answer = await self.events.request_stop(info, self.stop_wait_s)
+        if answer is None:
+            raise StopUnconfirmed(stream_id, self.stop_wait_s)
+        return answer
 
-    async def _on_control(self, kind: str, stream_id: str) -> None:
-        """A message from another instance about one of this instance's streams."""
+    async def _stop_here(self, generation: Generation) -> str | None:
+        """Cancel a generation of this instance and wait for it to end: `stopped`, `finished`
+        if it had ended (or was ending for another reason), None if it is still running."""
+        if generation.ended:
+            return "finished"
+        self._cancel(generation, "stopped")
+        task = generation.task
+        if task is not None:
+            await asyncio.wait({task}, timeout=self.stop_wait_s)
+            if not task.done():
+                return None
+        return "stopped" if generation.job.cancel_reason == "stopped" else "finished"
+
+    async def _on_control(self, kind: str, stream_id: str) -> str | None:
+        """A message from another instance about one of this instance's streams, and the
+        answer to send back (a Stop's outcome)."""
         generation = self._running.get(stream_id)
-        if generation is None:
-            return
         if kind == "stop":
-            self._cancel(generation, "stopped")
-        elif kind == "readers" and generation.readers == 0:
+            return "finished" if generation is None else await self._stop_here(generation)
+        if kind == "readers" and generation is not None and generation.readers == 0:
             self._arm_grace(generation)
+        return None
 
     # -- shutdown ----------------------------------------------------------------------------
     async def drain(self, grace_s: float) -> None:

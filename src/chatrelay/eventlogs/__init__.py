@@ -63,12 +63,17 @@ class EventLog(Protocol):
         """Readers following this stream from other instances."""
         ...
 
-    async def request_stop(self, info: StreamInfo) -> None:
-        """Ask the instance running `info` to stop it (the local case is the hub's)."""
+    async def request_stop(self, info: StreamInfo, wait_s: float) -> str | None:
+        """Ask the instance running `info` to stop it (the local case is the hub's): its
+        answer (`stopped`, or `finished` if the reply had already ended), or None if it did not
+        confirm within `wait_s` seconds."""
         ...
 
-    async def start(self, on_control: Callable[[str, str], Awaitable[None]]) -> None:
-        """Begin delivering control messages (`stop`, `readers`) for this instance's streams."""
+    async def start(self, on_control: Callable[[str, str], Awaitable[str | None]]) -> None:
+        """Begin delivering control messages (`stop`, `readers`) for this instance's streams.
+
+        `on_control(kind, stream_id)` returns the answer to send back to the instance that
+        asked (for `stop`: `stopped` or `finished` once the generation has ended), or None."""
         ...
 
     async def close(self) -> None: ...

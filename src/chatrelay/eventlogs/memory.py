@@ -14,7 +14,9 @@ from collections.abc import AsyncGenerator, Awaitable, Callable
 from . import StreamInfo
 
 
-class _Stream:
+class MirroredStream:
+    """One stream's frames (frame `seq` is `frames[seq - 1]`), owner and finished flag."""
+
     __slots__ = ("finished", "frames", "loop", "owner", "waiters")
 
     def __init__(self, owner: str, loop: asyncio.AbstractEventLoop) -> None:
@@ -51,7 +53,7 @@ class MemoryEventLog:
     def __init__(self, instance: str, ttl_s: float) -> None:
         self.instance = instance
         self._ttl = ttl_s
-        self._streams: dict[str, _Stream] = {}
+        self._streams: dict[str, MirroredStream] = {}
         self._expiry: deque[tuple[float, str]] = deque()
         self._claims: dict[tuple[str, str], tuple[str, float]] = {}
 
@@ -66,7 +68,7 @@ class MemoryEventLog:
 
     async def create(self, stream_id: str, owner: str) -> None:
         self._sweep()
-        self._streams[stream_id] = _Stream(owner, asyncio.get_running_loop())
+        self._streams[stream_id] = MirroredStream(owner, asyncio.get_running_loop())
 
     async def append(self, stream_id: str, seq: int, frame: bytes) -> None:
         stream = self._streams[stream_id]
@@ -83,6 +85,15 @@ class MemoryEventLog:
 
     def has(self, stream_id: str) -> bool:
         return stream_id in self._streams
+
+    def stream(self, stream_id: str) -> MirroredStream | None:
+        """The stream itself (for the Redis backend, which copies it), until it expires."""
+        return self._streams.get(stream_id)
+
+    def stream_ids(self) -> list[str]:
+        """Every stream held (running ones, and finished ones until they expire)."""
+        self._sweep()
+        return list(self._streams)
 
     async def info(self, stream_id: str) -> StreamInfo | None:
         self._sweep()
@@ -125,10 +136,11 @@ class MemoryEventLog:
     async def remote_readers(self, stream_id: str) -> int:
         return 0
 
-    async def request_stop(self, info: StreamInfo) -> None:
-        return None  # one instance: the hub stops its own generations
+    async def request_stop(self, info: StreamInfo, wait_s: float) -> str | None:
+        # One instance: the hub stops its own generations; one it no longer runs has ended.
+        return "finished"
 
-    async def start(self, on_control: Callable[[str, str], Awaitable[None]]) -> None:
+    async def start(self, on_control: Callable[[str, str], Awaitable[str | None]]) -> None:
         return None
 
     async def close(self) -> None:
