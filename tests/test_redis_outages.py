@@ -371,3 +371,49 @@ async def test_frames_made_during_a_redis_outage_reach_the_other_instance_with_n
         assert all(m.startswith(s) for (_, m), s in zip(said, SAID, strict=True)), said
     assert not [r for r in caplog.records if r.exc_info], [r.getMessage() for r in caplog.records]
     print(f"outage {outage_s:.2f} s; stream registered again {restored_s:.2f} s after")
+
+
+# -- a reader never skips frames -------------------------------------------------------------
+@pytest.mark.parametrize("hole", ["gap-in-ids", "finished-without-done"])
+async def test_a_reader_on_another_instance_ends_with_stream_incomplete_over_missing_frames(
+    client: httpx.AsyncClient, tmp_path: Path, hole: str
+) -> None:
+    """A log in Redis with frames missing (as an older instance's failed flushes left them),
+    its generating instance alive: the reader delivers what precedes the hole, then
+    `stream_incomplete`, never the frames after it as if nothing were missing."""
+    from chatrelay.sse import cancelled_frames, content_frame, done_frame, json_frame
+
+    from .conftest import REDIS_URL, redis_prefix
+
+    async with redis_prefix() as prefix:
+        redis = Redis.from_url(REDIS_URL)
+        meta = f"{prefix}:s:holey"
+        finished = "1" if hole == "finished-without-done" else "0"
+        await redis.hset(
+            meta, mapping={"owner": "public", "instance": "alive", "finished": finished}
+        )
+        await redis.set(f"{prefix}:i:alive", b"1", px=30_000)
+        frames = [json_frame(1, {"stream_id": "holey"}, "start"), content_frame(2, "one ")]
+        if hole == "gap-in-ids":  # 3 and 4 never reached Redis; the end did
+            end = {"reason": "completed", "stop_reason": "end_turn", "usage": {}}
+            frames += [b"", b"", json_frame(5, end, "end"), done_frame(6)]
+        for seq, frame in enumerate(frames, 1):
+            if frame:
+                await redis.xadd(f"{meta}:log", {"f": frame}, id=f"0-{seq}")
+        settings = make_settings(
+            provider="mock",
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+            database_url=f"sqlite+aiosqlite:///{tmp_path}/db.sqlite",
+        )
+        async with serve_app(create_app(settings)) as url:
+            events = await asyncio.wait_for(
+                read(client, "GET", f"{url}/ai/stream/holey").done(), 10
+            )
+        await redis.aclose()
+    assert [e.id for e in events] == ["1", "2", "3", "4", "5"]
+    assert check_no_silent_gap(events, 0) is False
+    assert content(events) == "one "
+    assert [e.data.encode() for e in events[2:]] == [
+        f.split(b"data: ")[1].rstrip(b"\n") for f in cancelled_frames("stream_incomplete", 3)
+    ]
