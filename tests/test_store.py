@@ -177,23 +177,29 @@ async def test_a_lock_older_than_the_lock_timeout_is_taken_over(store: Store) ->
     assert [m.seq for m in stored.messages] == [0, 1, 2]
 
 
-async def test_a_late_reply_whose_reserved_seq_was_taken_is_still_stored(store: Store) -> None:
-    """The seq begin_turn reserved for a reply can be used by a stream that took the lock
-    over after the timeout; the late reply then takes the next free one, losing nothing."""
+async def test_a_late_reply_of_a_lock_taken_over_replaces_its_interrupted_mark(
+    store: Store,
+) -> None:
+    """A stream that took the lock over after the timeout marks the old turn's reply
+    interrupted (an empty one: it had stored nothing), so the history never has two user
+    turns in a row; if the old stream was only late, its reply then takes that place."""
     quick = Store(store.engine, lock_timeout_s=0.05)  # shares the engine: not closed here
     reserved = await quick.begin_turn("c1", "alice", "crashed", [user("q1")], "t", "m", True)
     assert reserved == 1
     await asyncio.sleep(0.15)
     taken = await quick.begin_turn("c1", "alice", "s2", [user("q2")], "t", "m", False)
-    assert taken == 2  # q2 took seq 1, the crashed stream's reserved one
+    assert taken == 3  # the interrupted mark took seq 1, q2 seq 2
+    marked = (await conversation(store, "c1")).messages[1]
+    assert (marked.role, marked.content, marked.end_reason) == ("assistant", "", "interrupted")
+    assert marked.stream_id == "crashed"
     await quick.end_turn("c1", reply("s2", "answer to q2"), taken)
     await quick.end_turn("c1", reply("crashed", "late answer"), reserved)
     stored = await conversation(store, "c1")
-    assert [(m.seq, m.content) for m in stored.messages] == [
-        (0, "q1"),
-        (1, "q2"),
-        (2, "answer to q2"),
-        (3, "late answer"),
+    assert [(m.seq, m.content, m.end_reason) for m in stored.messages] == [
+        (0, "q1", None),
+        (1, "late answer", "completed"),
+        (2, "q2", None),
+        (3, "answer to q2", "completed"),
     ]
 
 

@@ -8,11 +8,12 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import logging
 import re
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 import orjson
 from sqlalchemy import (
@@ -36,7 +37,14 @@ from sqlalchemy.orm import selectinload
 
 from .errors import ConversationBusy
 from .group_commit import GroupCommit
-from .tables import Conversation, Message
+from .tables import Conversation, Instance, Message
+
+log = logging.getLogger("chatrelay.store")
+
+# The end_reason of a reply while it is being generated (checkpointed as it goes), and of one
+# whose instance died before its end (found when its conversation's lock is taken over).
+GENERATING = "generating"
+INTERRUPTED = "interrupted"
 
 # What a conversation id looks like (ours are UUIDs; clients may choose their own).
 CONVERSATION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")  # \Z: no trailing newline
@@ -71,6 +79,51 @@ class Reply:
 
 
 @dataclass(slots=True)
+class Draft:
+    """A reply as far as it got, for a checkpoint (`Store.checkpoint`)."""
+
+    conversation_id: str
+    stream_id: str
+    seq: int | None  # the seq its turn reserved
+    model: str | None
+    content: str
+    thinking: str | None
+    started: bool  # an earlier checkpoint of it is stored: only an update is left to do
+
+
+class Leases(Protocol):
+    """Whose lock is whose: this instance's lease, and whether another's still lives
+    (`leases.py`: the instance's Redis key, or its row in the database)."""
+
+    instance: str
+
+    async def alive(self, instance: str) -> bool: ...
+
+
+class ConversationGone(Exception):
+    """The conversation was deleted while its reply was being generated."""
+
+
+class _Held(ConversationBusy):
+    """Busy, and by whom: what decides whether the lock may be taken over."""
+
+    def __init__(
+        self,
+        conversation_id: str,
+        stream_id: str,
+        owner: str | None,
+        locked_at: datetime | None,
+        model: str | None,
+    ) -> None:
+        super().__init__(conversation_id)
+        self.conversation_id = conversation_id
+        self.stream_id = stream_id
+        self.owner = owner
+        self.locked_at = locked_at
+        self.model = model
+
+
+@dataclass(slots=True)
 class Page:
     conversations: list[Conversation]
     next_cursor: str | None
@@ -79,11 +132,17 @@ class Page:
 class Store:
     """Async access to conversations; one short transaction per call."""
 
-    def __init__(self, engine: AsyncEngine, lock_timeout_s: float = 600.0) -> None:
+    def __init__(
+        self, engine: AsyncEngine, lock_timeout_s: float = 600.0, leases: Leases | None = None
+    ) -> None:
         self.engine = engine
         self._session = async_sessionmaker(engine, expire_on_commit=False)
         self._lock_timeout = timedelta(seconds=lock_timeout_s)
         self._writes = GroupCommit(engine)
+        # Without leases (the CLI) a lock is only ever freed by its age.
+        self.leases = leases
+        # PostgreSQL instances may run on several hosts: their heartbeats use its clock.
+        self._db_clock = engine.dialect.name == "postgresql"
 
     async def close(self) -> None:
         await self._writes.aclose()
@@ -91,9 +150,25 @@ class Store:
 
     # -- conversations ---------------------------------------------------------------------
     async def get(self, conversation_id: str, owner: str | None) -> Conversation | None:
-        """The conversation with its messages; `owner=None` sees every owner's (admin)."""
+        """The conversation with its messages; `owner=None` sees every owner's (admin).
+
+        A lock whose instance is gone is freed first, its reply marked `interrupted`, so a
+        reader never sees a reply as `generating` that nobody generates any more.
+        """
         if not CONVERSATION_ID.match(conversation_id):
             return None  # no such id can exist (and PostgreSQL refuses NUL in text)
+        found = await self._load(conversation_id, owner)
+        if found is None or found.locked_by is None or self.leases is None:
+            return found
+        held = _Held(
+            conversation_id, found.locked_by, found.lock_owner, found.locked_at, found.model
+        )
+        if not await self._dead(held):
+            return found
+        await self._free(held)
+        return await self._load(conversation_id, owner)
+
+    async def _load(self, conversation_id: str, owner: str | None) -> Conversation | None:
         async with self._session() as session:
             query = (
                 select(Conversation)
@@ -195,12 +270,15 @@ class Store:
         the seq the reply will take (the lock keeps it free until `end_turn`).
 
         Creates the conversation when `create` is set. Raises `ConversationBusy` if another
-        stream holds a lock younger than the lock timeout.
+        stream holds the lock, unless that lock is dead: its instance's lease is gone (the
+        instance died or restarted), or it is older than the lock timeout. A dead lock is
+        taken over, its reply stored as far as it got with `end_reason: interrupted` (an
+        empty one if it got nowhere), so the history never has two user turns in a row.
         """
         stamp = now()
-        stale = stamp - self._lock_timeout
+        lease = self.leases.instance if self.leases is not None else None
 
-        def write(connection: Connection, alone: bool) -> int:
+        def write(connection: Connection, alone: bool, dead: _Held | None = None) -> int:
             if create:
                 try:
                     connection.execute(
@@ -215,6 +293,7 @@ class Store:
                             "updated_at": stamp,
                             "locked_by": stream_id,
                             "locked_at": stamp,
+                            "lock_owner": lease,
                         },
                     )
                 except IntegrityError:
@@ -223,19 +302,24 @@ class Store:
                     raise ConversationBusy(conversation_id) from None
                 seq = 0
             else:
-                locked = connection.execute(
-                    _LOCK,
-                    {
-                        "b_id": conversation_id,
-                        "b_owner": owner,
-                        "b_stale": stale,
-                        "b_stream": stream_id,
-                        "b_stamp": stamp,
-                        "b_model": model,
-                    },
-                )
+                params = {
+                    "b_id": conversation_id,
+                    "b_owner": owner,
+                    "b_stream": stream_id,
+                    "b_stamp": stamp,
+                    "b_model": model,
+                    "b_lease": lease,
+                }
+                if dead is None:
+                    locked = connection.execute(_LOCK, params)
+                else:  # only if it is still that dead stream's lock
+                    locked = connection.execute(_TAKE_OVER, {**params, "b_old": dead.stream_id})
                 if locked.rowcount != 1:
-                    raise ConversationBusy(conversation_id)
+                    if dead is not None:
+                        raise ConversationBusy(conversation_id)
+                    raise _holder(connection, conversation_id, owner)
+                if dead is not None:
+                    _interrupt(connection, dead, stamp)
                 seq = int(connection.execute(_NEXT_SEQ, {"b_id": conversation_id}).scalar_one())
             if new_messages:
                 connection.execute(
@@ -258,7 +342,91 @@ class Store:
 
         # Core statements, not the ORM, in one synchronous block, committed together with the
         # other turn writes of the moment: this runs once per stream, before its first token.
-        return await self._writes.run(write)
+        try:
+            return await self._writes.run(write)
+        except _Held as busy:
+            held = busy
+        if not await self._dead(held):
+            raise held
+        log.info(
+            "conversation %s: the lock of stream %s is dead (instance %s gone): taken over",
+            conversation_id,
+            held.stream_id,
+            held.owner,
+            extra={"conversation_id": conversation_id, "stream_id": stream_id},
+        )
+        return await self._writes.run(lambda connection, alone: write(connection, alone, held))
+
+    async def _dead(self, held: _Held) -> bool:
+        """Whether nobody will ever end the turn holding this lock."""
+        if held.locked_at is not None and held.locked_at < now() - self._lock_timeout:
+            return True
+        if held.owner is None or self.leases is None:
+            return False  # a lock of before leases (revision 0004): only its age frees it
+        if held.owner == self.leases.instance:
+            return False  # this very process holds it: its stream ends it
+        return not await self.leases.alive(held.owner)
+
+    async def _free(self, held: _Held) -> None:
+        """Unlock a dead lock (if still that one), its reply marked interrupted."""
+        stamp = now()
+
+        def write(connection: Connection, alone: bool) -> None:
+            freed = connection.execute(
+                _UNLOCK_DEAD, {"b_id": held.conversation_id, "b_old": held.stream_id}
+            )
+            if freed.rowcount == 1:
+                _interrupt(connection, held, stamp)
+
+        await self._writes.run(write)
+
+    async def abandon_turn(self, conversation_id: str, stream_id: str, model: str | None) -> None:
+        """Unlock a turn whose reply could not be stored: it keeps what its checkpoints
+        stored, marked `interrupted` (or an empty interrupted reply)."""
+        await self._free(_Held(conversation_id, stream_id, None, None, model))
+
+    async def checkpoint(self, drafts: list[Draft]) -> None:
+        """Store replies as far as they got (`end_reason: generating`), all in one write.
+
+        The first checkpoint of a reply inserts it, at its reserved seq, only while its
+        stream still holds the lock (not after its end, nor after a takeover); later ones
+        update it while it is still `generating`.
+        """
+        stamp = now()
+
+        def write(connection: Connection, alone: bool) -> None:
+            for draft in drafts:
+                params = {
+                    "b_id": draft.conversation_id,
+                    "b_stream": draft.stream_id,
+                    "b_content": draft.content,
+                    "b_thinking": draft.thinking,
+                }
+                if connection.execute(_CHECKPOINT, params).rowcount or draft.started:
+                    continue
+                holder = connection.execute(_HOLDER, {"b_id": draft.conversation_id}).first()
+                if holder is None or holder.locked_by != draft.stream_id:
+                    continue  # ended, taken over, or deleted meanwhile
+                row = {
+                    "id": new_id(),
+                    "conversation_id": draft.conversation_id,
+                    "seq": None if alone else draft.seq,
+                    "role": "assistant",
+                    "content": draft.content,
+                    "model": draft.model,
+                    "stream_id": draft.stream_id,
+                    "end_reason": GENERATING,
+                    "usage_estimated": False,
+                    "thinking": draft.thinking,
+                    "created_at": stamp,
+                }
+                if row["seq"] is None:
+                    row["seq"] = connection.execute(
+                        _NEXT_SEQ, {"b_id": draft.conversation_id}
+                    ).scalar_one()
+                connection.execute(_INSERT_MESSAGES, [row])
+
+        await self._writes.run(write)
 
     async def end_turn(self, conversation_id: str, reply: Reply, seq: int | None = None) -> None:
         """Store the assistant's reply (complete or not) and release the lock.
@@ -291,7 +459,7 @@ class Store:
                 # Its reserved seq may be what failed (a lock taken over after the timeout
                 # and the seq used meanwhile): alone, it takes the next free one.
                 row["seq"] = None
-            _store_reply(connection, row)
+            _store_reply(connection, row, alone)
 
         # The write goes on if the caller is cancelled (a stream's end must be recorded).
         await asyncio.shield(self._writes.run(write))
@@ -302,8 +470,75 @@ class Store:
             await session.execute(
                 update(Conversation)
                 .where(Conversation.id == conversation_id, Conversation.locked_by == stream_id)
-                .values(locked_by=None, locked_at=None)
+                .values(locked_by=None, locked_at=None, lock_owner=None)
             )
+
+    # -- instances (without Redis): the leases conversation locks carry ----------------------
+    async def register_instance(self, instance: str, name: str | None) -> None:
+        """This instance's row; a row of the same name is a previous life (its locks are
+        dead from now on), rows silent for a day are gone for good."""
+        stamp = now()
+
+        def write(connection: Connection, alone: bool) -> None:
+            if name is not None:
+                connection.execute(delete(_INSTANCES).where(_INSTANCES.c.name == name))
+            connection.execute(
+                delete(_INSTANCES).where(_INSTANCES.c.heartbeat_at < stamp - timedelta(days=1))
+            )
+            self._insert_instance(connection, instance, name, stamp)
+
+        await self._writes.run(write)
+
+    async def renew_instance(self, instance: str, name: str | None) -> None:
+        """The heartbeat: one small update (the row comes back if it was deleted)."""
+        stamp = now()
+
+        def write(connection: Connection, alone: bool) -> None:
+            if self._db_clock:
+                renewed = connection.execute(_RENEW_BY_DB_CLOCK, {"b_id": instance})
+            else:
+                renewed = connection.execute(_RENEW, {"b_id": instance, "b_stamp": stamp})
+            if renewed.rowcount == 0:
+                log.warning(
+                    "instance %s: its lease row was gone (a second instance named %r?)",
+                    instance,
+                    name,
+                )
+                self._insert_instance(connection, instance, name, stamp)
+
+        await self._writes.run(write)
+
+    def _insert_instance(
+        self, connection: Connection, instance: str, name: str | None, stamp: datetime
+    ) -> None:
+        row = {"id": instance, "name": name, "started_at": stamp, "heartbeat_at": stamp}
+        statement = _INSERT_INSTANCE
+        if self._db_clock:
+            statement = statement.values(heartbeat_at=func.now())
+        connection.execute(statement, row)
+
+    async def instance_alive(self, instance: str, lease_s: float) -> bool:
+        """Whether `instance` has renewed its row within the last `lease_s` seconds."""
+        async with self._session() as session:
+            if self._db_clock:
+                found = (await session.execute(_HEARTBEAT_BY_DB_CLOCK, {"b_id": instance})).first()
+                if found is None:
+                    return False
+                heartbeat, clock = found
+            else:
+                heartbeat = (
+                    await session.execute(_HEARTBEAT, {"b_id": instance})
+                ).scalar_one_or_none()
+                clock = now()
+        return heartbeat is not None and heartbeat >= clock - timedelta(seconds=lease_s)
+
+    async def forget_instance(self, instance: str) -> None:
+        """On a clean stop: this instance's locks are dead at once."""
+        await self._writes.run(
+            lambda connection, alone: connection.execute(
+                delete(_INSTANCES).where(_INSTANCES.c.id == instance)
+            )
+        )
 
     # -- usage ------------------------------------------------------------------------------
     async def usage(
@@ -357,6 +592,7 @@ class Store:
 
 _CONVERSATIONS = Table("conversations", Conversation.metadata)
 _MESSAGES = Table("messages", Message.metadata)
+_INSTANCES = Table("instances", Instance.metadata)
 
 
 # The statements of every turn, built once: building one costs more than running it (its
@@ -366,22 +602,45 @@ _NEXT_SEQ = select(func.coalesce(func.max(_MESSAGES.c.seq), -1) + 1).where(
 )
 _INSERT_CONVERSATION = insert(_CONVERSATIONS)
 _INSERT_MESSAGES = insert(_MESSAGES)
+_LOCK_VALUES: dict[str, Any] = {
+    "locked_by": bindparam("b_stream"),
+    "locked_at": bindparam("b_stamp"),
+    "lock_owner": bindparam("b_lease"),
+    "updated_at": bindparam("b_stamp"),
+    "model": bindparam("b_model"),
+}
 _LOCK = (
     update(_CONVERSATIONS)
     .where(
         _CONVERSATIONS.c.id == bindparam("b_id"),
         _CONVERSATIONS.c.owner == bindparam("b_owner"),
-        or_(
-            _CONVERSATIONS.c.locked_by.is_(None),
-            _CONVERSATIONS.c.locked_at < bindparam("b_stale"),
-        ),
+        _CONVERSATIONS.c.locked_by.is_(None),
     )
-    .values(
-        locked_by=bindparam("b_stream"),
-        locked_at=bindparam("b_stamp"),
-        updated_at=bindparam("b_stamp"),
-        model=bindparam("b_model"),
+    .values(_LOCK_VALUES)
+)
+_TAKE_OVER = (
+    update(_CONVERSATIONS)
+    .where(
+        _CONVERSATIONS.c.id == bindparam("b_id"),
+        _CONVERSATIONS.c.owner == bindparam("b_owner"),
+        _CONVERSATIONS.c.locked_by == bindparam("b_old"),
     )
+    .values(_LOCK_VALUES)
+)
+_HOLDER = select(
+    _CONVERSATIONS.c.locked_by,
+    _CONVERSATIONS.c.lock_owner,
+    _CONVERSATIONS.c.locked_at,
+    _CONVERSATIONS.c.model,
+).where(_CONVERSATIONS.c.id == bindparam("b_id"))
+_UNLOCK = {"locked_by": None, "locked_at": None, "lock_owner": None}
+_UNLOCK_DEAD = (
+    update(_CONVERSATIONS)
+    .where(
+        _CONVERSATIONS.c.id == bindparam("b_id"),
+        _CONVERSATIONS.c.locked_by == bindparam("b_old"),
+    )
+    .values(_UNLOCK)
 )
 _RELEASE = (
     update(_CONVERSATIONS)
@@ -389,14 +648,114 @@ _RELEASE = (
         _CONVERSATIONS.c.id == bindparam("b_id"),
         _CONVERSATIONS.c.locked_by == bindparam("b_stream"),
     )
-    .values(locked_by=None, locked_at=None, updated_at=bindparam("b_stamp"))
+    .values({**_UNLOCK, "updated_at": bindparam("b_stamp")})
+)
+# A stream's reply: the one assistant message of its turn with an end reason (assistant turns
+# the client sent along are stored with the stream's id too, but without an end reason).
+_OF_STREAM = and_(
+    _MESSAGES.c.conversation_id == bindparam("b_id"),
+    _MESSAGES.c.stream_id == bindparam("b_stream"),
+    _MESSAGES.c.role == "assistant",
+    _MESSAGES.c.end_reason.is_not(None),
+)
+_REPLY_OF = select(_MESSAGES.c.id, _MESSAGES.c.end_reason).where(_OF_STREAM)
+_CHECKPOINT = (
+    update(_MESSAGES)
+    .where(_OF_STREAM, _MESSAGES.c.end_reason == GENERATING)
+    .values(content=bindparam("b_content"), thinking=bindparam("b_thinking"))
+)
+_INTERRUPT = (
+    update(_MESSAGES)
+    .where(_MESSAGES.c.id == bindparam("b_message"), _MESSAGES.c.end_reason == GENERATING)
+    .values(end_reason=INTERRUPTED)
+)
+# What a reply's end writes over its checkpoint (or its interrupted mark, if it was thought
+# dead but was only late).
+_REPLY_FIELDS = (
+    "content",
+    "model",
+    "end_reason",
+    "stop_reason",
+    "error_code",
+    "error_message",
+    "input_tokens",
+    "output_tokens",
+    "usage_estimated",
+    "ttft_ms",
+    "duration_ms",
+    "thinking",
+    "created_at",
+)
+_FINISH = (
+    update(_MESSAGES)
+    .where(_OF_STREAM)
+    .values({name: bindparam(f"b_{name}") for name in _REPLY_FIELDS})
+)
+_EXISTS = select(func.count()).where(_CONVERSATIONS.c.id == bindparam("b_id"))
+_INSERT_INSTANCE = insert(_INSTANCES)
+_RENEW = (
+    update(_INSTANCES)
+    .where(_INSTANCES.c.id == bindparam("b_id"))
+    .values(heartbeat_at=bindparam("b_stamp"))
+)
+_RENEW_BY_DB_CLOCK = (
+    update(_INSTANCES).where(_INSTANCES.c.id == bindparam("b_id")).values(heartbeat_at=func.now())
+)
+_HEARTBEAT = select(_INSTANCES.c.heartbeat_at).where(_INSTANCES.c.id == bindparam("b_id"))
+_HEARTBEAT_BY_DB_CLOCK = select(_INSTANCES.c.heartbeat_at, func.now()).where(
+    _INSTANCES.c.id == bindparam("b_id")
 )
 
 
-def _store_reply(connection: Connection, row: dict[str, Any]) -> None:
-    if row["seq"] is None:  # without the seq its turn reserved: the next free one
-        row["seq"] = connection.execute(_NEXT_SEQ, {"b_id": row["conversation_id"]}).scalar_one()
-    connection.execute(_INSERT_MESSAGES, [row])
+def _holder(connection: Connection, conversation_id: str, owner: str) -> ConversationBusy:
+    """Why a lock could not be taken: who holds it (or plain busy: gone, or not `owner`'s)."""
+    found = connection.execute(_HOLDER, {"b_id": conversation_id}).first()
+    if found is None or found.locked_by is None:
+        return ConversationBusy(conversation_id)  # released meanwhile: the client sends again
+    return _Held(conversation_id, found.locked_by, found.lock_owner, found.locked_at, found.model)
+
+
+def _interrupt(connection: Connection, dead: _Held, stamp: datetime) -> None:
+    """The dead stream's reply, as far as its checkpoints got, marked interrupted; or an
+    empty interrupted reply if none was stored (never two user turns in a row)."""
+    found = connection.execute(
+        _REPLY_OF, {"b_id": dead.conversation_id, "b_stream": dead.stream_id}
+    ).first()
+    if found is not None:
+        connection.execute(_INTERRUPT, {"b_message": found.id})
+        return
+    seq = connection.execute(_NEXT_SEQ, {"b_id": dead.conversation_id}).scalar_one()
+    connection.execute(
+        _INSERT_MESSAGES,
+        [
+            {
+                "id": new_id(),
+                "conversation_id": dead.conversation_id,
+                "seq": seq,
+                "role": "assistant",
+                "content": "",
+                "model": dead.model,
+                "stream_id": dead.stream_id,
+                "end_reason": INTERRUPTED,
+                "usage_estimated": False,
+                "created_at": stamp,
+            }
+        ],
+    )
+
+
+def _store_reply(connection: Connection, row: dict[str, Any], alone: bool = False) -> None:
+    """The reply over its checkpoint if one is stored, else a new row; and the unlock."""
+    params = {f"b_{name}": row[name] for name in _REPLY_FIELDS}
+    params.update(b_id=row["conversation_id"], b_stream=row["stream_id"])
+    if connection.execute(_FINISH, params).rowcount == 0:
+        if alone and not connection.execute(_EXISTS, {"b_id": row["conversation_id"]}).scalar():
+            raise ConversationGone(row["conversation_id"])
+        if row["seq"] is None:  # without the seq its turn reserved: the next free one
+            row["seq"] = connection.execute(
+                _NEXT_SEQ, {"b_id": row["conversation_id"]}
+            ).scalar_one()
+        connection.execute(_INSERT_MESSAGES, [row])
     connection.execute(
         _RELEASE,
         {

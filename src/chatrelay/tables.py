@@ -49,6 +49,9 @@ class Conversation(Base):
     # The stream replying right now, and since when: a second request waits for none (409).
     locked_by: Mapped[str | None] = mapped_column(String(64))
     locked_at: Mapped[datetime | None] = mapped_column(UTCDateTime())
+    # The lease of the instance holding the lock (its instance id): once that lease is gone
+    # (the instance died, or restarted), the lock is taken over. None before revision 0004.
+    lock_owner: Mapped[str | None] = mapped_column(String(64))
 
     messages: Mapped[list[Message]] = relationship(
         back_populates="conversation",
@@ -74,7 +77,8 @@ class Message(Base):
     content: Mapped[Any] = mapped_column(JSON)  # a string, or a list of content blocks
     model: Mapped[str | None] = mapped_column(String(200))
     stream_id: Mapped[str | None] = mapped_column(String(64))
-    # Why an assistant turn ended: completed, error, disconnected, stopped.
+    # Why an assistant turn ended: completed, error, disconnected, stopped; `generating` while
+    # it is (checkpointed as it goes), `interrupted` when its instance died before its end.
     end_reason: Mapped[str | None] = mapped_column(String(20))
     stop_reason: Mapped[str | None] = mapped_column(String(40))
     error_code: Mapped[str | None] = mapped_column(String(40))
@@ -91,6 +95,22 @@ class Message(Base):
     conversation: Mapped[Conversation] = relationship(back_populates="messages")
 
     __table_args__ = (Index("uq_messages_conversation_seq", "conversation_id", "seq", unique=True),)
+
+
+class Instance(Base):
+    """A running `chatrelay serve` without Redis: the lease its conversation locks carry.
+
+    Renewed every few seconds; a lock whose instance row is gone (the instance restarted
+    under the same name, or stopped) or silent past the lease is taken over. With Redis the
+    lease is the instance's Redis key instead, and this table stays empty.
+    """
+
+    __tablename__ = "instances"
+
+    id: Mapped[str] = mapped_column(String(64), primary_key=True)  # per boot (random)
+    name: Mapped[str | None] = mapped_column(String(200), index=True)  # stable: host:port
+    started_at: Mapped[datetime] = mapped_column(UTCDateTime())
+    heartbeat_at: Mapped[datetime] = mapped_column(UTCDateTime())
 
 
 class ApiKey(Base):

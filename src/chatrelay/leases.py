@@ -1,0 +1,124 @@
+"""Leases: whether the instance holding a conversation's lock still lives.
+
+A conversation's lock carries the id of the instance that took it (`conversations.lock_owner`,
+the random per-process id also sent as `X-Chatrelay-Instance`). When a request finds the
+conversation locked, the store asks the lease of that instance; a lease that is gone means
+nobody will ever end that turn, and the lock is taken over at once (`Store.begin_turn`).
+
+- With Redis (`RedisLeases`) the lease is the instance's own Redis key, `{prefix}:i:{id}`
+  (`eventlogs/redis.py`: renewed every second, 3 s TTL, deleted on a clean stop). Nothing more
+  is written per instance.
+- Without Redis (`DatabaseLeases`) it is the instance's row in the `instances` table,
+  renewed every `DB_RENEW_S` through the group commit (one small update), dead after
+  `DB_LEASE_S` of silence, deleted on a clean stop.
+
+An instance started with a name (`CHATRELAY_INSTANCE_NAME`; `chatrelay serve` uses the host
+name and port) also ends its previous life at start: the Redis lease, or the row, of the
+instance that last ran under that name is deleted, so a crashed instance that is restarted
+frees its conversations at once instead of after its lease runs out. Names must therefore be
+unique among running instances.
+
+A lease that cannot be checked (Redis or the database failing) counts as alive: a lock is
+never taken from a live instance because of an outage; the request gets 409 as before.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from .store import Store
+
+log = logging.getLogger("chatrelay.leases")
+
+DB_RENEW_S = 2.0
+DB_LEASE_S = 10.0
+# How long a name remembers its last instance in Redis (renewed by each start).
+NAME_TTL_S = 7 * 86_400
+
+
+class RedisLeases:
+    """The instances' Redis leases (kept by the Redis event log)."""
+
+    def __init__(self, redis: Any, *, prefix: str, instance: str, name: str | None) -> None:
+        self.instance = instance
+        self._redis = redis
+        self._prefix = prefix
+        self._name = name
+
+    def _lease(self, instance: str) -> str:
+        return f"{self._prefix}:i:{instance}"  # the key eventlogs/redis.py renews
+
+    async def start(self) -> None:
+        if self._name is None:
+            return
+        key = f"{self._prefix}:n:{self._name}"
+        previous = await self._redis.set(key, self.instance, ex=NAME_TTL_S, get=True)
+        if previous is not None:
+            previous = previous.decode() if isinstance(previous, bytes) else str(previous)
+            if previous != self.instance:
+                await self._redis.delete(self._lease(previous))
+                log.info("instance %s replaces %s (named %s)", self.instance, previous, self._name)
+
+    async def alive(self, instance: str) -> bool:
+        from redis.exceptions import RedisError
+
+        try:
+            return bool(await self._redis.exists(self._lease(instance)))
+        except (RedisError, OSError) as exc:
+            log.warning("could not check the lease of instance %s: %r", instance, exc)
+            return True
+
+    async def close(self) -> None:
+        return None  # the event log deletes the lease itself
+
+
+class DatabaseLeases:
+    """Leases as rows of the `instances` table, for instances without Redis."""
+
+    def __init__(self, store: Store, *, instance: str, name: str | None) -> None:
+        self.instance = instance
+        self._store = store
+        self._name = name
+        self._task: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        await self._store.register_instance(self.instance, self._name)
+        self._task = asyncio.get_running_loop().create_task(
+            self._renew(), name="chatrelay-db-lease"
+        )
+
+    async def _renew(self) -> None:
+        failing = False
+        while True:
+            await asyncio.sleep(DB_RENEW_S)
+            try:
+                await self._store.renew_instance(self.instance, self._name)
+            except Exception as exc:
+                if not failing:  # once per outage, not every two seconds
+                    log.warning("could not renew this instance's lease: %r", exc)
+                failing = True
+            else:
+                if failing:
+                    log.info("this instance's lease is renewed again")
+                failing = False
+
+    async def alive(self, instance: str) -> bool:
+        try:
+            return await self._store.instance_alive(instance, DB_LEASE_S)
+        except Exception as exc:
+            log.warning("could not check the lease of instance %s: %r", instance, exc)
+            return True
+
+    async def close(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
+        try:
+            await self._store.forget_instance(self.instance)
+        except Exception as exc:
+            log.warning("could not delete this instance's lease: %r", exc)
