@@ -21,9 +21,9 @@ async def base_url() -> AsyncIterator[str]:
 
 CASES: list[tuple[str, Any, int, str, str]] = [
     # (name, body, status, code, text the message must contain)
-    ("no messages field", {}, 422, "invalid_request", "messages: Field required"),
-    ("empty messages", {"messages": []}, 422, "invalid_request", "messages: List should have"),
-    ("messages not a list", {"messages": "hi"}, 422, "invalid_request", "messages: Input should"),
+    ("no messages field", {}, 422, "invalid_request", "messages: is required"),
+    ("empty messages", {"messages": []}, 422, "invalid_request", "messages: must not be empty"),
+    ("messages not a list", {"messages": "hi"}, 422, "invalid_request", "messages: must be a list"),
     ("body not an object", [HI], 422, "invalid_request", "body: must be a JSON object"),
     (
         "unknown role",
@@ -44,7 +44,7 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         {"messages": [{"content": "x"}]},
         422,
         "invalid_request",
-        "messages[0].role: Field required",
+        "messages[0].role: is required",
     ),
     (
         "empty content",
@@ -79,14 +79,14 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         {"messages": [HI], "max_tokens": 0},
         422,
         "invalid_request",
-        "max_tokens: Input should be greater than or equal to 1",
+        "max_tokens: must be at least 1",
     ),
     (
         "max_tokens as a string",
         {"messages": [HI], "max_tokens": "100"},
         422,
         "invalid_request",
-        "max_tokens: Input should be a valid integer",
+        "max_tokens: must be a whole number",
     ),
     (
         "max_tokens over the server's cap",
@@ -100,56 +100,56 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         {"messages": [HI], "temperature": 2.5},
         422,
         "invalid_request",
-        "temperature: Input should be less than or equal to 2",
+        "temperature: must be at most 2",
     ),
     (
         "temperature negative",
         {"messages": [HI], "temperature": -0.1},
         422,
         "invalid_request",
-        "temperature: Input should be greater than or equal to 0",
+        "temperature: must be at least 0",
     ),
     (
         "temperature as a string",
         {"messages": [HI], "temperature": "hot"},
         422,
         "invalid_request",
-        "temperature: Input should be a valid number",
+        "temperature: must be a number",
     ),
     (
         "model of the wrong type",
         {"messages": [HI], "model": 5},
         422,
         "invalid_request",
-        "model: Input should be a valid string",
+        "model: must be a string",
     ),
     (
         "system of the wrong type",
         {"messages": [HI], "system": 5},
         422,
         "invalid_request",
-        "system: Input should be a valid string, or input should be",
+        "system: must be a string, or a list",
     ),
     (
         "conversation_id of the wrong type",
         {"messages": [HI], "conversation_id": {"id": 1}},
         422,
         "invalid_request",
-        "conversation_id: Input should be a valid string",
+        "conversation_id: must be a string",
     ),
     (
         "metadata of the wrong type",
         {"messages": [HI], "metadata": [1]},
         422,
         "invalid_request",
-        "metadata: Input should be a valid dictionary",
+        "metadata: must be an object",
     ),
     (
         "bad mock option",
         {"messages": [HI], "metadata": {"mock": {"fail_after": -1}}},
         422,
         "invalid_request",
-        "metadata.mock.fail_after: Input should be greater than",
+        "metadata.mock.fail_after: must be at least 0",
     ),
     (
         "unknown mock failure code",
@@ -158,7 +158,88 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         "invalid_request",
         "metadata.mock.fail_code: must be one of",
     ),
+    (
+        "unknown mock option",
+        {"messages": [HI], "metadata": {"mock": {"body": "x"}}},
+        422,
+        "invalid_request",
+        "metadata.mock.body: is not a mock option (they are: delay_s, first_token_delay_s,",
+    ),
+    (
+        "mock options not an object",
+        {"messages": [HI], "metadata": {"mock": 5}},
+        422,
+        "invalid_request",
+        "metadata.mock: must be an object",
+    ),
+    (
+        "empty model",
+        {"messages": [HI], "model": ""},
+        422,
+        "invalid_request",
+        "model: must not be empty",
+    ),
+    (
+        "too many stop sequences",
+        {"messages": [HI], "stop_sequences": ["a"] * 9},
+        422,
+        "invalid_request",
+        "stop_sequences: must have at most 8 items, not 9",
+    ),
+    (
+        "unknown thinking type",
+        {"messages": [HI], "thinking": {"type": "deep"}},
+        422,
+        "invalid_request",
+        "thinking.type: must be 'enabled' or 'adaptive', not 'deep'",
+    ),
+    (
+        "unknown thinking field",
+        {"messages": [HI], "thinking": {"type": "enabled", "budget_tokens": 2048, "depth": 1}},
+        422,
+        "invalid_request",
+        "thinking.depth: is not a known field",
+    ),
+    (
+        "bad image source type",
+        {"messages": [{"role": "user", "content": [{"type": "image", "source": {"type": "ftp"}}]}]},
+        422,
+        "invalid_request",
+        "messages[0].content[0].source.type: must be 'base64' or 'url', not 'ftp'",
+    ),
+    (
+        "image url not http",
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [{"type": "image", "source": {"type": "url", "url": "ftp://x"}}],
+                }
+            ]
+        },
+        422,
+        "invalid_request",
+        "messages[0].content[0].source.url: must be an http:// or https:// URL",
+    ),
 ]
+
+# pydantic's own wording: none of it may reach a client.
+PYDANTIC_PHRASES = (
+    "after validation",
+    "Input should",
+    "input should",
+    "Field required",
+    "Extra inputs",
+    "should have",
+    "Value error",
+    "tagged-union",
+    "list[",
+)
+
+
+def assert_in_our_words(message: str) -> None:
+    for phrase in PYDANTIC_PHRASES:
+        assert phrase not in message, message
 
 
 @pytest.mark.parametrize(
@@ -180,6 +261,9 @@ async def test_bad_field_gets_its_status_and_a_message_naming_it(
     assert error["code"] == code
     assert text in error["message"], error["message"]
     assert error["fields"] and all(f["field"] in error["message"] for f in error["fields"])
+    assert_in_our_words(error["message"])
+    for problem in error["fields"]:
+        assert_in_our_words(problem["message"])
 
 
 async def test_malformed_json_is_a_400(client: httpx.AsyncClient, base_url: str) -> None:
@@ -236,3 +320,69 @@ async def test_unknown_route_and_wrong_method_answer_in_the_same_error_shape(
     wrong = await client.get(f"{base_url}/ai/chat")
     assert wrong.status_code == 405
     assert wrong.json()["error"]["code"] == "method_not_allowed"
+
+
+V1_CASES: list[tuple[str, dict[str, Any], str, str]] = [
+    # (name, body, param, message): the OpenAI shape, our words
+    ("no messages field", {"model": "mock"}, "messages", "messages: is required"),
+    ("empty messages", {"messages": []}, "messages", "messages: must not be empty"),
+    (
+        "max_tokens zero",
+        {"messages": [HI], "max_tokens": 0},
+        "max_tokens",
+        "max_tokens: must be at least 1",
+    ),
+    (
+        "temperature as a string",
+        {"messages": [HI], "temperature": "hot"},
+        "temperature",
+        "temperature: must be a number",
+    ),
+    (
+        "stream not a boolean",
+        {"messages": [HI], "stream": "sometimes"},
+        "stream",
+        "stream: must be true or false",
+    ),
+    (
+        "stop of the wrong type",
+        {"messages": [HI], "stop": 5},
+        "stop",
+        "stop: must be a string, or a list",
+    ),
+    (
+        "unknown mock option",
+        {"messages": [HI], "metadata": {"mock": {"body": "x"}}},
+        "metadata.mock.body",
+        "metadata.mock.body: is not a mock option",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "body", "param", "text"), V1_CASES, ids=[c[0] for c in V1_CASES])
+async def test_v1_bad_field_is_named_in_openai_shape_and_our_words(
+    client: httpx.AsyncClient, base_url: str, name: str, body: dict[str, Any], param: str, text: str
+) -> None:
+    response = await client.post(f"{base_url}/v1/chat/completions", json={"model": "mock", **body})
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    assert error["type"] == "invalid_request_error"
+    assert error["code"] == "invalid_request"
+    assert error["param"] == param
+    assert error["message"].startswith(text), error["message"]
+    assert_in_our_words(error["message"])
+
+
+async def test_bad_query_parameters_are_named_in_our_words(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    resume = await client.get(f"{base_url}/ai/stream/0123abcd?after=-1")
+    listing = await client.get(f"{base_url}/conversations?limit=many")
+    assert resume.status_code == listing.status_code == 422
+    assert error_of(resume) == {
+        "code": "invalid_request",
+        "message": "query.after: must be at least 0",
+        "fields": [{"field": "query.after", "message": "must be at least 0"}],
+    }
+    assert error_of(listing)["message"] == "query.limit: must be a whole number"

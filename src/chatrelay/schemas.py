@@ -9,13 +9,13 @@ Anthropic shape; the OpenAI-compatible surface translates into it.
 from __future__ import annotations
 
 import binascii
-from collections.abc import Mapping, Sequence
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from .errors import FieldProblem, InvalidField, MalformedJSON
+from .validation import problems_from as problems_from
 
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
@@ -226,27 +226,3 @@ def nesting(value: Any) -> int:
         if depth <= MAX_DEPTH:
             stack.extend((child, depth + 1) for child in children)
     return deepest
-
-
-# Names pydantic gives to union branches and validators; they say nothing to a client.
-_NOISE = ("str", "list[tagged-union[TextBlock,ImageBlock]]", "list[TextBlock]", "bool")
-
-
-def problems_from(errors: Sequence[Mapping[str, Any]]) -> list[FieldProblem]:
-    """Turn pydantic's errors into `FieldProblem`s with JavaScript-style paths."""
-    problems: list[FieldProblem] = []
-    for error in errors:
-        path = ""
-        for part in error["loc"]:
-            if isinstance(part, int):
-                path += f"[{part}]"
-            elif part in _NOISE or str(part).startswith(("function-", "tagged-union")):
-                continue
-            else:
-                path += f".{part}" if path else str(part)
-        message = error["msg"].removeprefix("Value error, ")
-        path = path or "body"
-        if problems and problems[-1].field == path:  # the branches of one union
-            message = f"{problems.pop().message}, or {message[0].lower()}{message[1:]}"
-        problems.append(FieldProblem(path, message))
-    return problems

@@ -25,6 +25,7 @@ from ..errors import (
 )
 from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
 from ..tokens import input_tokens
+from ..validation import problems_from
 from .base import ChatParams
 
 FAILURES: dict[str, type[UpstreamError]] = {
@@ -58,16 +59,30 @@ class MockOptions(BaseModel):
     stall_after: int | None = Field(None, ge=0)
 
 
+OPTIONS = tuple(MockOptions.model_fields)
+
+
 def mock_options(metadata: Mapping[str, Any]) -> MockOptions:
     """Read `metadata.mock`, naming the bad field if it is wrong."""
-    from ..schemas import problems_from
-
+    raw = metadata.get("mock")
+    if raw is None:
+        raw = {}
+    if isinstance(raw, dict) and (unknown := [key for key in raw if key not in OPTIONS]):
+        known = ", ".join(OPTIONS)
+        raise InvalidField(
+            [
+                FieldProblem(f"metadata.mock.{key}", f"is not a mock option (they are: {known})")
+                for key in unknown
+            ]
+        )
     try:
-        options = MockOptions.model_validate(metadata.get("mock") or {})
+        options = MockOptions.model_validate(raw)
     except ValidationError as exc:
         raise InvalidField(
             [
-                FieldProblem(f"metadata.mock.{p.field}", p.message)
+                FieldProblem(
+                    "metadata.mock" if p.field == "body" else f"metadata.mock.{p.field}", p.message
+                )
                 for p in problems_from(exc.errors(include_url=False))
             ]
         ) from None
