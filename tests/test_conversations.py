@@ -374,3 +374,35 @@ async def test_a_reply_without_upstream_usage_is_estimated_and_flagged(
     usage = stored["messages"][1]["usage"]
     assert usage == {"input_tokens": 20, "output_tokens": 10, "estimated": True}
     assert json.loads(json.dumps(result.named("end")))["usage"]["output_tokens"] is None
+
+
+@pytest.mark.parametrize(
+    ("resend_history", "why"),
+    [
+        (False, "must contain at least one user message"),
+        (True, "must contain at least one user message that is not already stored"),
+    ],
+    ids=["assistant-only", "stored-history-then-assistant"],
+)
+async def test_continuing_with_no_new_user_message_is_refused_and_stores_nothing(
+    client: httpx.AsyncClient, database_url: str, resend_history: bool, why: str
+) -> None:
+    async with serve(make_settings(provider="mock", database_url=database_url)) as url:
+        first = await stream_chat(client, url, {"messages": [user("Oslo?")]})
+        cid = first.headers["x-conversation-id"]
+        before = await conversation(client, url, cid)
+        usage_before = (await client.get(f"{url}/usage")).json()["total"]
+        sent = [assistant("And dark.")]
+        if resend_history:  # the stored turns, exactly: only the assistant one is new
+            sent = [user("Oslo?"), assistant(before["messages"][1]["content"]), *sent]
+        refused = await client.post(
+            f"{url}/ai/stream/chat", json={"conversation_id": cid, "messages": sent}
+        )
+        after = await conversation(client, url, cid)
+        usage_after = (await client.get(f"{url}/usage")).json()["total"]
+    assert refused.status_code == 422, refused.text
+    [problem] = refused.json()["error"]["fields"]
+    assert problem["field"] == "messages"
+    assert problem["message"].startswith(why), problem["message"]
+    assert after["messages"] == before["messages"]
+    assert usage_after == usage_before

@@ -386,3 +386,35 @@ async def test_bad_query_parameters_are_named_in_our_words(
         "fields": [{"field": "query.after", "message": "must be at least 0"}],
     }
     assert error_of(listing)["message"] == "query.limit: must be a whole number"
+
+
+ONLY_ASSISTANT = [{"role": "assistant", "content": "I am the model"}] * 2
+
+
+@pytest.mark.parametrize(
+    ("path", "extra"),
+    [
+        ("/ai/stream/chat", {}),
+        ("/ai/chat", {}),
+        ("/v1/chat/completions", {"model": "mock", "stream": True}),
+        ("/v1/chat/completions", {"model": "mock", "metadata": {"conversation_id": "oa-1"}}),
+    ],
+    ids=["stream", "ai-chat", "v1-stream", "v1-stored"],
+)
+async def test_assistant_messages_alone_are_refused_and_nothing_is_stored(
+    client: httpx.AsyncClient, base_url: str, path: str, extra: dict[str, Any]
+) -> None:
+    response = await client.post(f"{base_url}{path}", json={"messages": ONLY_ASSISTANT, **extra})
+    conversations = (await client.get(f"{base_url}/conversations")).json()
+    usage = (await client.get(f"{base_url}/usage", params={"group_by": "model"})).json()
+    assert response.status_code == 422, response.text
+    error = response.json()["error"]
+    assert error["message"] == "messages: must contain at least one user message"
+    if path.startswith("/v1/"):
+        assert error["param"] == "messages"
+    else:
+        assert error["fields"] == [
+            {"field": "messages", "message": "must contain at least one user message"}
+        ]
+    assert conversations["data"] == []
+    assert usage["data"] == [] and usage["total"]["messages"] == 0

@@ -132,6 +132,17 @@ class Conversations:
             raise InvalidField(
                 [FieldProblem("messages", "contains nothing new: all of it is already stored")]
             )
+        if fresh and not any(message["role"] == "user" for message in fresh):
+            # The user messages sent are the stored ones: only assistant turns would be added.
+            raise InvalidField(
+                [
+                    FieldProblem(
+                        "messages",
+                        "must contain at least one user message that is not already stored"
+                        f" in conversation {conversation_id!r}",
+                    )
+                ]
+            )
         upstream, omitted = trim(history + fresh, self.budget)
         if admit is not None:
             await admit(upstream)

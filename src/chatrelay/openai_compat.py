@@ -23,7 +23,7 @@ from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting
 from .events import TextDelta, Usage
 from .relay import Answering, End, RelayEvent
 from .routes.errors import openai_error_body
-from .schemas import ChatRequest, problems_from
+from .schemas import NO_USER_MESSAGE, ChatRequest, problems_from
 
 # The project's stop reasons (Messages API vocabulary) as OpenAI finish reasons.
 FINISH_REASONS = {
@@ -126,7 +126,7 @@ def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
         "conversation_id": (request.metadata or {}).get("conversation_id"),
     }
     if not turns:
-        raise InvalidField([FieldProblem("messages", "needs at least one user message")])
+        raise InvalidField([FieldProblem("messages", NO_USER_MESSAGE)])
     try:
         return ChatRequest.model_validate({k: v for k, v in data.items() if v is not None})
     except ValidationError as exc:

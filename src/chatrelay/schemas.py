@@ -82,6 +82,8 @@ def _check_image_data(data: str, media_type: str) -> None:
 
 ContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
 
+NO_USER_MESSAGE = "must contain at least one user message"
+
 
 class ChatMessage(BaseModel):
     """One turn of the conversation."""
@@ -175,6 +177,15 @@ class ChatRequest(BaseModel):
     # `true` asks for adaptive thinking; an object is passed to the Messages API as is.
     thinking: bool | ThinkingConfig = False
     metadata: dict[str, Any] | None = None
+
+    @field_validator("messages")
+    @classmethod
+    def _a_user_message(cls, messages: list[ChatMessage]) -> list[ChatMessage]:
+        # Assistant turns alone ask the model nothing: the reply would answer an empty question
+        # and the turn would be stored as if a user had asked it.
+        if not any(message.role == "user" for message in messages):
+            raise ValueError(NO_USER_MESSAGE)
+        return messages
 
     def system_text(self) -> str | None:
         if self.system is None or isinstance(self.system, str):
