@@ -131,6 +131,34 @@ async def test_temperature_reaches_only_models_that_accept_it(
     assert result.named("end")["reason"] == "completed"
 
 
+@pytest.mark.parametrize("model", ["claude-sonnet-4-6", "claude-sonnet-5-5"])
+@pytest.mark.parametrize("path", ["/ai/stream/chat", "/ai/chat"])
+async def test_a_temperature_above_1_is_refused_for_a_claude_model_naming_it(
+    client: httpx.AsyncClient, fake: FakeAnthropic, model: str, path: str
+) -> None:
+    body = {"messages": USER_HI, "temperature": 1.5}
+    async with serve(settings_for(fake, model=model)) as url:
+        refused = await client.post(f"{url}{path}", json=body)
+        mock = await client.post(f"{url}{path}", json={**body, "model": "mock"})
+    assert refused.status_code == 422, refused.text
+    [problem] = refused.json()["error"]["fields"]
+    assert problem == {
+        "field": "temperature",
+        "message": f"must be at most 1 for model {model!r}: Claude models take 0 to 1",
+    }
+    assert fake.requests == []
+    assert mock.status_code == 200  # 0 to 2 on the wire: other models take up to 2
+
+
+async def test_a_temperature_of_1_reaches_a_claude_model(
+    client: httpx.AsyncClient, fake: FakeAnthropic
+) -> None:
+    body = {"messages": USER_HI, "temperature": 1}
+    result = await relay(client, fake, body, model="claude-sonnet-4-6")
+    assert result.named("end")["reason"] == "completed"
+    assert fake.requests[0].body["temperature"] == 1
+
+
 @pytest.mark.parametrize("model", ["claude-opus-4-5", "claude-sonnet-4-5-20250929"])
 async def test_a_deprecated_or_retired_model_still_streams_and_the_client_is_told(
     client: httpx.AsyncClient, fake: FakeAnthropic, model: str

@@ -350,9 +350,9 @@ class ChatService:
             and request.temperature > 1
             and primary.spec.provider == "anthropic"
         ):
-            raise InvalidField(
-                [FieldProblem("temperature", f"must be at most 1 for model {primary.spec.alias!r}")]
-            )
+            # Claude takes 0 to 1 (OpenAI-compatible models 0 to 2, which the schema allows).
+            why = f"must be at most 1 for model {primary.spec.alias!r}: Claude models take 0 to 1"
+            raise InvalidField([FieldProblem("temperature", why)])
         if request.has_images:
             if not primary.spec.accepts_images:
                 raise Unsupported(
