@@ -23,6 +23,7 @@ from .errors import ChatRelayError, InternalError, InvalidField, RequestError
 from .eventlogs.factory import instance_id, open_event_log
 from .jwks import JwksKeys
 from .keys import ApiKeys
+from .leases import DatabaseLeases, RedisLeases
 from .logs import hide_secrets
 from .metrics import Metrics
 from .models import models_config
@@ -88,19 +89,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             keys = ApiKeys(engine, settings.key_cache_s)
             redis = None
             if settings.redis_url is not None:
-                from redis.asyncio import Redis  # only when used: each import costs memory
+                # Only when used: each import costs memory.
+                from redis.asyncio import BlockingConnectionPool, Redis
 
-                redis = Redis.from_url(
-                    settings.redis_url.get_secret_value(), health_check_interval=30
+                # A reader on another instance holds a connection while it blocks on XREAD:
+                # past the cap, callers wait for one (up to 5 s) instead of failing at once.
+                pool = BlockingConnectionPool.from_url(
+                    settings.redis_url.get_secret_value(),
+                    max_connections=settings.redis_max_connections,
+                    timeout=5,
+                    health_check_interval=30,
                 )
+                redis = Redis.from_pool(pool)  # owns it: aclose() closes its connections
                 stack.push_async_callback(redis.aclose)
                 await redis.ping()
-            counters = RedisCounters(redis) if redis is not None else MemoryCounters()
+            instance = instance_id()
+            counters: MemoryCounters | RedisCounters = MemoryCounters()
+            if redis is not None:
+                # A dead instance's stream slots go with its lease (eventlogs/redis.py).
+                leases_at = f"{settings.redis_prefix}:i:"
+                counters = RedisCounters(redis, instance=instance, lease_prefix=leases_at)
             quotas = Quotas(counters, settings.redis_prefix, settings.conversation_lock_s)
 
             router = Router.build(models, settings)
             stack.push_async_callback(router.aclose)
-            instance = instance_id()
             hub = StreamHub(
                 open_event_log(settings, instance, redis),
                 grace_s=settings.resume_grace_s,
@@ -108,6 +120,24 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             await hub.start()
             stack.push_async_callback(hub.close)
+            # The lease this instance's conversation locks carry (leases.py).
+            leases: RedisLeases | DatabaseLeases
+            if redis is not None:
+                leases = RedisLeases(
+                    redis,
+                    prefix=settings.redis_prefix,
+                    instance=instance,
+                    name=settings.instance_name,
+                )
+            else:
+                leases = DatabaseLeases(store, instance=instance, name=settings.instance_name)
+            await leases.start()
+            stack.push_async_callback(leases.close)
+            store.leases = leases
+            conversations = Conversations(
+                store, settings.history_budget_tokens, reply_retry_s=settings.reply_retry_s
+            )
+            stack.push_async_callback(conversations.close)
             metrics = Metrics(active_streams=lambda: hub.running)
             tracer = tracing.setup(getattr(app.state, "span_exporter", None))
             app.state.tracer = tracer
@@ -156,7 +186,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 router,
                 relay,
                 InputLimits.from_settings(settings),
-                Conversations(store, settings.history_budget_tokens),
+                conversations,
                 quotas,
                 metrics,
             )

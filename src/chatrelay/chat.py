@@ -142,26 +142,14 @@ class ChatJob:
         thinking: list[str] = []
         model = self.requested_model
         end: End | None = None
-        try:
-            async with aclosing(self.relay.run(self.plan)) as events:
-                async for event in events:
-                    kind = type(event)
-                    if kind is TextDelta:
-                        if first_at is None:
-                            first_at = time.perf_counter()
-                        text.append(event.text)  # type: ignore[union-attr]
-                        self.deltas += 1
-                    elif kind is ThinkingDelta:
-                        if first_at is None:
-                            first_at = time.perf_counter()
-                        thinking.append(event.text)  # type: ignore[union-attr]
-                        self.deltas += 1
-                    elif kind is Answering:
-                        model = event.target.spec.alias  # type: ignore[union-attr]
-                    else:
-                        end = event  # type: ignore[assignment]
-                    yield event
-        finally:
+        concluded = False
+        if self.turn is not None and self.conversations is not None:
+            # Checkpointed as it grows: a crash leaves it stored as far as it got.
+            self.conversations.watch(self.turn, self.stream_id, model, text, thinking)
+
+        async def conclude() -> None:
+            nonlocal concluded
+            concluded = True
             error = end.error if end else None
             if end is None:
                 outcome = self.cancel_reason or "disconnected"
@@ -184,6 +172,51 @@ class ChatJob:
             # Shielded: a Stop or a disconnect arriving now must not cut the bookkeeping short
             # (the reply unsaved, the conversation left locked, the quota unsettled).
             await asyncio.shield(self._finish(reply))
+
+        try:
+            async with aclosing(self.relay.run(self.plan)) as events:
+                async for event in events:
+                    kind = type(event)
+                    if kind is TextDelta:
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                        text.append(event.text)  # type: ignore[union-attr]
+                        self.deltas += 1
+                    elif kind is ThinkingDelta:
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                        thinking.append(event.text)  # type: ignore[union-attr]
+                        self.deltas += 1
+                    elif kind is Answering:
+                        model = event.target.spec.alias  # type: ignore[union-attr]
+                    else:
+                        end = event  # type: ignore[assignment]
+                        # Stored before its end is told: whoever reads `[DONE]` (or /ai/chat's
+                        # answer) and then the conversation finds the reply in it.
+                        await self._to_its_end(conclude())
+                    yield event
+        finally:
+            if not concluded:
+                await conclude()
+
+    async def _to_its_end(self, work: Awaitable[None]) -> None:
+        """Run a complete reply's bookkeeping to its end, even if a Stop, a disconnect or the
+        drain cancels the job meanwhile: the reply is whole, so its end frames still follow
+        (and the Stop answers `finished`)."""
+        task = asyncio.ensure_future(work)
+        cancels = 0
+        while not task.done():
+            try:
+                await asyncio.shield(task)
+            except asyncio.CancelledError:
+                cancels += 1
+        if cancels:
+            current = asyncio.current_task()
+            for _ in range(cancels):
+                if current is not None:
+                    current.uncancel()
+            self.cancel_reason = None
+        task.result()
 
     async def abandon(self, error: ChatRelayError) -> None:
         """End a job that will never run (e.g. refused while the server drains): its

@@ -42,6 +42,10 @@ def serve(host: str | None, port: int | None) -> None:
             settings.host = host
         if port is not None:
             settings.port = port
+        if settings.instance_name is None:  # what a restart of this same server is called
+            import socket
+
+            settings.instance_name = f"{socket.gethostname()}:{settings.port}"
         configure_logging(settings.log_level, settings.log_format)
         from .db import upgrade_in_child
 

@@ -7,28 +7,38 @@
   a client may send only its new message, or the whole history, or the last few turns;
 - present and unknown: created with that id if it is well-formed, else 400.
 
-The user's new messages are stored when the request is accepted; the reply when its stream
-ends, however it ends. While a reply is being generated the conversation is locked: a second
-request for it gets 409 `conversation_busy` (a lock older than the lock timeout is taken over,
-so a crashed instance cannot block a conversation for ever). When the history is longer than
-the budget, the oldest turns are left out of the upstream request (never the system prompt,
-which is not part of the history) and the start frame says how many.
+The user's new messages are stored when the request is accepted; the reply is checkpointed
+while it is generated (about every second, `end_reason: generating`) and stored whole when its
+stream ends, however it ends. If the database fails at that moment, the write is retried for
+`reply_retry_s` while the reply is kept in memory; then it is given up (one error line) and
+the conversation is unlocked as soon as the database answers again. While a reply is being
+generated the conversation is locked: a second request for it gets 409 `conversation_busy`,
+unless the lock's instance is gone (it died, or restarted): then the lock is taken over at
+once and the dead reply kept as far as it was checkpointed, `end_reason: interrupted`. When
+the history is longer than the budget, the oldest turns are left out of the upstream request
+(never the system prompt, which is not part of the history) and the start frame says how many.
 """
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
 from .errors import FieldProblem, InvalidField, NotFound
-from .store import CONVERSATION_ID, Reply, Store, new_id
+from .store import CONVERSATION_ID, ConversationGone, Draft, Reply, Store, new_id
 from .tokens import content_tokens
 
 log = logging.getLogger("chatrelay.conversations")
 
 TITLE_LENGTH = 80
+# Replies being generated are checkpointed this often (all of them in one write).
+CHECKPOINT_S = 1.0
+# A reply that could not be stored is tried again after this, doubling up to the cap.
+RETRY_FIRST_S = 0.25
+RETRY_CAP_S = 5.0
 
 
 # Called with a turn's upstream messages before it is stored (the quota reservation).
@@ -43,6 +53,19 @@ class Turn:
     messages: list[dict[str, Any]]  # what goes upstream: trimmed history + the new messages
     omitted: int  # history messages left out of the upstream request
     reply_seq: int | None = None  # where the reply goes (reserved by the conversation's lock)
+
+
+@dataclass(slots=True)
+class _Live:
+    """A reply being generated, as its job collects it (the lists grow as deltas come)."""
+
+    turn: Turn
+    stream_id: str
+    model: str
+    text: list[str]
+    thinking: list[str]
+    written: int = 0  # pieces (text + thinking) the last stored checkpoint had
+    started: bool = False  # a checkpoint of it is stored
 
 
 def title_of(messages: list[dict[str, Any]]) -> str:
@@ -89,9 +112,20 @@ def trim(messages: list[dict[str, Any]], budget: int) -> tuple[list[dict[str, An
 class Conversations:
     """Conversation bookkeeping around a reply; the store does the queries."""
 
-    def __init__(self, store: Store, history_budget_tokens: int) -> None:
+    def __init__(
+        self,
+        store: Store,
+        history_budget_tokens: int,
+        reply_retry_s: float = 60.0,
+        checkpoint_s: float = CHECKPOINT_S,
+    ) -> None:
         self.store = store
         self.budget = history_budget_tokens
+        self.reply_retry_s = reply_retry_s
+        self.checkpoint_s = checkpoint_s
+        self._live: dict[str, _Live] = {}
+        self._checkpointer: asyncio.Task[None] | None = None
+        self._retries: set[asyncio.Task[None]] = set()
 
     async def begin(
         self,
@@ -157,9 +191,141 @@ class Conversations:
         )
         return Turn(conversation_id, upstream, omitted, reply_seq)
 
+    # -- while the reply is generated: checkpoints ------------------------------------------
+    def watch(
+        self, turn: Turn, stream_id: str, model: str, text: list[str], thinking: list[str]
+    ) -> None:
+        """Checkpoint this reply as it grows (`text` and `thinking` are its job's own lists)
+        until `end()`: a crash then leaves it stored as far as it got."""
+        self._live[stream_id] = _Live(turn, stream_id, model, text, thinking)
+        if self._checkpointer is None:
+            self._checkpointer = asyncio.get_running_loop().create_task(
+                self._checkpoints(), name="chatrelay-checkpoints"
+            )
+
+    async def _checkpoints(self) -> None:
+        """Every `checkpoint_s`, one write with every reply that grew since the last one."""
+        failing = False
+        try:
+            while self._live:
+                await asyncio.sleep(self.checkpoint_s)
+                grown = [
+                    (live, len(live.text) + len(live.thinking))
+                    for live in self._live.values()
+                    if len(live.text) + len(live.thinking) != live.written
+                ]
+                if not grown:
+                    continue
+                drafts = [
+                    Draft(
+                        live.turn.conversation_id,
+                        live.stream_id,
+                        live.turn.reply_seq,
+                        live.model,
+                        "".join(live.text),
+                        "".join(live.thinking) or None,
+                        live.started,
+                    )
+                    for live, _ in grown
+                ]
+                try:
+                    await self.store.checkpoint(drafts)
+                except Exception as exc:
+                    if not failing:  # once per outage: the next tick tries again
+                        log.warning("could not checkpoint %d replies: %r", len(drafts), exc)
+                    failing = True
+                    continue
+                failing = False
+                for live, size in grown:
+                    live.written, live.started = size, True
+        finally:
+            self._checkpointer = None
+
+    # -- the end ----------------------------------------------------------------------------
     async def end(self, turn: Turn, reply: Reply) -> None:
-        """Store the reply and unlock; a failure here is logged, never raised into a stream."""
+        """Store the reply and unlock; a failure here is logged, never raised into a stream.
+
+        Returns once the reply is committed, or once its first write failed: it is then
+        retried in the background for `reply_retry_s`, and if it is finally lost the
+        conversation is still unlocked (its checkpoint kept, as `interrupted`) once the
+        database answers again.
+        """
+        self._live.pop(reply.stream_id, None)
         try:
             await self.store.end_turn(turn.conversation_id, reply, turn.reply_seq)
-        except Exception:
-            log.exception("could not store the reply of stream %s", reply.stream_id)
+            return
+        except ConversationGone:
+            log.info("conversation %s was deleted: reply not stored", turn.conversation_id)
+            return
+        except Exception as exc:
+            log.warning(
+                "could not store the reply of stream %s in conversation %s (%r): retrying for"
+                " up to %g s",
+                reply.stream_id,
+                turn.conversation_id,
+                exc,
+                self.reply_retry_s,
+                extra={"stream_id": reply.stream_id, "conversation_id": turn.conversation_id},
+            )
+        task = asyncio.get_running_loop().create_task(
+            self._keep_trying(turn, reply), name=f"store-reply-{reply.stream_id}"
+        )
+        self._retries.add(task)
+        task.add_done_callback(self._retries.discard)
+
+    async def _keep_trying(self, turn: Turn, reply: Reply) -> None:
+        loop = asyncio.get_running_loop()
+        began = loop.time()
+        deadline = began + self.reply_retry_s
+        delay = RETRY_FIRST_S
+        error: BaseException | None = None
+        ids = {"stream_id": reply.stream_id, "conversation_id": turn.conversation_id}
+        try:
+            while (left := deadline - loop.time()) > 0:
+                await asyncio.sleep(min(delay, left))
+                delay = min(delay * 2, RETRY_CAP_S)
+                try:
+                    await self.store.end_turn(turn.conversation_id, reply, turn.reply_seq)
+                except ConversationGone:
+                    return
+                except Exception as exc:
+                    error = exc
+                    continue
+                log.info(
+                    "stored the reply of stream %s after %.1f s",
+                    reply.stream_id,
+                    loop.time() - began,
+                    extra=ids,
+                )
+                return
+        except asyncio.CancelledError:
+            # The server is stopping: its next start (a new lease) frees the conversation.
+            self._lost(turn, reply, loop.time() - began, error or "the server stopped")
+            raise
+        self._lost(turn, reply, loop.time() - began, error)
+        # What is left to do is small, and kept until it is done: unlock the conversation.
+        while True:
+            try:
+                await self.store.abandon_turn(turn.conversation_id, reply.stream_id, reply.model)
+                return
+            except Exception:
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, RETRY_CAP_S)
+
+    def _lost(self, turn: Turn, reply: Reply, waited_s: float, error: object) -> None:
+        log.error(
+            "lost the reply of stream %s in conversation %s: could not store it for %.1f s (%r)",
+            reply.stream_id,
+            turn.conversation_id,
+            waited_s,
+            error,
+            extra={"stream_id": reply.stream_id, "conversation_id": turn.conversation_id},
+        )
+
+    async def close(self) -> None:
+        """On shutdown: no more checkpoints; replies still waiting for the database are lost
+        (each says so in the log)."""
+        tasks = [*self._retries, *([self._checkpointer] if self._checkpointer else [])]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)

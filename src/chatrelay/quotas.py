@@ -148,23 +148,57 @@ class MemoryCounters:
         return sum(1 for since in self._sets.get(key, {}).values() if since >= clock - stale_s)
 
 
-_JOIN = """
+# A stream slot is `<instance>/<stream id>`: the slots of an instance whose lease is gone (it
+# died mid-stream, so it will never leave them) are dropped when they would refuse someone.
+# Leases are `<lease prefix><instance>` (eventlogs/redis.py); the prefix is empty without them.
+_DROP_DEAD = """
+local function drop_dead(key, leases)
+  if leases == '' then return end
+  for _, slot in ipairs(redis.call('ZRANGE', key, 0, -1)) do
+    local slash = string.find(slot, '/', 1, true)
+    if slash and redis.call('EXISTS', leases .. string.sub(slot, 1, slash - 1)) == 0 then
+      redis.call('ZREM', key, slot)
+    end
+  end
+end
+"""
+# KEYS: the slots; ARGV: stale before, limit, now, slot, ttl, lease prefix
+_JOIN = (
+    _DROP_DEAD
+    + """
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', ARGV[1])
-if redis.call('ZCARD', KEYS[1]) < tonumber(ARGV[2]) then
+local limit = tonumber(ARGV[2])
+if redis.call('ZCARD', KEYS[1]) >= limit then drop_dead(KEYS[1], ARGV[6]) end
+if redis.call('ZCARD', KEYS[1]) < limit then
   redis.call('ZADD', KEYS[1], ARGV[3], ARGV[4])
   redis.call('EXPIRE', KEYS[1], ARGV[5])
   return 1
 end
 return 0
 """
+)
+# KEYS: the slots; ARGV: stale before, lease prefix
+_SIZE = (
+    _DROP_DEAD
+    + """
+drop_dead(KEYS[1], ARGV[2])
+return redis.call('ZCOUNT', KEYS[1], ARGV[1], '+inf')
+"""
+)
 
 
 class RedisCounters:
     """Counters shared by every instance using the same Redis."""
 
-    def __init__(self, redis: Any) -> None:
+    def __init__(self, redis: Any, *, instance: str = "", lease_prefix: str = "") -> None:
+        """`instance` and `lease_prefix`: this instance's id and where the instances' Redis
+        leases live (`{prefix}:i:`), so that a dead instance's stream slots are freed as soon
+        as its lease is gone instead of after the stale time."""
         self._redis = redis
         self._join = redis.register_script(_JOIN)
+        self._size = redis.register_script(_SIZE)
+        self._slot_prefix = f"{instance}/" if instance and lease_prefix else ""
+        self._leases = lease_prefix if instance else ""
 
     async def add(self, key: str, amount: int, ttl_s: int) -> int:
         async with self._redis.pipeline(transaction=True) as pipe:
@@ -179,16 +213,18 @@ class RedisCounters:
 
     async def join(self, key: str, member: str, limit: int, stale_s: float) -> bool:
         clock = time.time()
+        slot = self._slot_prefix + member
         joined = await self._join(
-            keys=[key], args=[clock - stale_s, limit, clock, member, int(stale_s) + 60]
+            keys=[key],
+            args=[clock - stale_s, limit, clock, slot, int(stale_s) + 60, self._leases],
         )
         return bool(joined)
 
     async def leave(self, key: str, member: str) -> None:
-        await self._redis.zrem(key, member)
+        await self._redis.zrem(key, self._slot_prefix + member)
 
     async def size(self, key: str, stale_s: float) -> int:
-        return int(await self._redis.zcount(key, time.time() - stale_s, "+inf"))
+        return int(await self._size(keys=[key], args=[time.time() - stale_s, self._leases]))
 
 
 @dataclass(slots=True)

@@ -72,6 +72,13 @@ class Settings(BaseSettings):
     conversation_lock_s: float = Field(
         600.0, gt=0, validation_alias="CHATRELAY_CONVERSATION_LOCK_S"
     )
+    # How long a reply the database refused is kept in memory and written again.
+    reply_retry_s: float = Field(60.0, ge=0, validation_alias="CHATRELAY_REPLY_RETRY_S")
+    # Unique among running instances and the same across restarts (`chatrelay serve`: the
+    # host name and port): a restarted instance frees the conversations of its previous life.
+    instance_name: str | None = Field(
+        None, min_length=1, max_length=200, validation_alias="CHATRELAY_INSTANCE_NAME"
+    )
 
     # --- streams -----------------------------------------------------------------------------
     redis_url: SecretStr | None = Field(None, validation_alias="REDIS_URL")
@@ -81,6 +88,9 @@ class Settings(BaseSettings):
     request_timeout_s: float = Field(30.0, gt=0, validation_alias="CHATRELAY_REQUEST_TIMEOUT_S")
     keep_alive_s: float = Field(30.0, ge=1, validation_alias="CHATRELAY_KEEP_ALIVE_S")
     redis_prefix: str = Field("chatrelay", min_length=1, validation_alias="CHATRELAY_REDIS_PREFIX")
+    redis_max_connections: int = Field(
+        1000, ge=10, validation_alias="CHATRELAY_REDIS_MAX_CONNECTIONS"
+    )
 
     # --- mock provider ----------------------------------------------------------------------
     mock_delay_s: float = Field(0.02, ge=0, le=10, validation_alias="CHATRELAY_MOCK_DELAY_S")
