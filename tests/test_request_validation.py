@@ -322,6 +322,23 @@ async def test_unknown_route_and_wrong_method_answer_in_the_same_error_shape(
     assert wrong.json()["error"]["code"] == "method_not_allowed"
 
 
+async def test_get_of_the_stream_endpoint_is_a_405_allowing_post_not_a_missing_stream(
+    client: httpx.AsyncClient, base_url: str
+) -> None:
+    """`GET /ai/stream/{stream_id}` resumes a stream: "chat" is not taken for a stream id."""
+    for method in ("GET", "HEAD"):
+        response = await client.request(method, f"{base_url}/ai/stream/chat")
+        assert response.status_code == 405, response.text
+        assert response.headers["allow"] == "POST"
+    response = await client.get(f"{base_url}/ai/stream/chat")
+    assert response.headers["content-type"] == "application/json"
+    assert error_of(response) == {
+        "code": "method_not_allowed",
+        "message": "GET is not allowed on /ai/stream/chat: send the chat request with POST"
+        " (to resume a stream: GET /ai/stream/{stream_id})",
+    }
+
+
 V1_CASES: list[tuple[str, dict[str, Any], str, str]] = [
     # (name, body, param, message): the OpenAI shape, our words
     ("no messages field", {"model": "mock"}, "messages", "messages: is required"),

@@ -11,6 +11,7 @@
     │   ├── ModelUnavailable
     │   ├── Unsupported
     │   ├── NotFound
+    │   ├── MethodNotAllowed
     │   ├── ConversationBusy
     │   ├── ServerRestarting
     │   └── StopUnconfirmed
@@ -138,6 +139,17 @@ class NotFound(RequestError):
 
     code = "not_found"
     status = 404
+
+
+class MethodNotAllowed(RequestError):
+    """The route exists, but not with this method; `allow` lists the ones it takes."""
+
+    code = "method_not_allowed"
+    status = 405
+
+    def __init__(self, message: str, allow: list[str]) -> None:
+        super().__init__(message)
+        self.allow = allow
 
 
 class Forbidden(RequestError):

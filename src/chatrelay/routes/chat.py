@@ -10,7 +10,7 @@ from fastapi.responses import JSONResponse, Response
 
 from ..bodies import read_body
 from ..chat import ChatJob, ChatService, complete
-from ..errors import ChatRelayError, FieldProblem, InvalidField
+from ..errors import ChatRelayError, FieldProblem, InvalidField, MethodNotAllowed
 from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest, parse_chat_request
@@ -72,6 +72,16 @@ async def stream_chat(request: Request) -> EventStreamResponse:
         raise
     return EventStreamResponse(
         frames, heartbeat_s=settings.heartbeat_s, headers=_headers(job, hub.instance)
+    )
+
+
+@router.get("/ai/stream/chat", include_in_schema=False)
+async def stream_chat_by_get() -> Response:
+    """Without this route, `GET /ai/stream/chat` would resume a stream named "chat" (404)."""
+    raise MethodNotAllowed(
+        "GET is not allowed on /ai/stream/chat: send the chat request with POST"
+        " (to resume a stream: GET /ai/stream/{stream_id})",
+        ["POST"],
     )
 
 

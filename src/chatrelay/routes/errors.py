@@ -11,7 +11,7 @@ from typing import Any
 from fastapi.responses import JSONResponse
 
 from ..context import request_id
-from ..errors import ChatRelayError, StorageUnavailable, UpstreamError
+from ..errors import ChatRelayError, MethodNotAllowed, StorageUnavailable, UpstreamError
 from ..quotas import LimitExceeded
 
 # Our codes as OpenAI error `type`s, where the status alone would not say it.
@@ -46,6 +46,8 @@ def _headers(exc: ChatRelayError) -> dict[str, str]:
                 "x-ratelimit-scope": exc.limit_name,
             }
         )
+    elif isinstance(exc, MethodNotAllowed):
+        headers["allow"] = ", ".join(exc.allow)
     elif isinstance(exc, StorageUnavailable):
         headers["retry-after"] = str(exc.retry_after_s)
         headers["x-should-retry"] = "true"
