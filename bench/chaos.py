@@ -1150,12 +1150,12 @@ class Checker:
             return []
         return self.faults_during(min(r.started for r in records), max(r.ended for r in records))
 
-    async def locks_released(self, rng: random.Random) -> None:
-        """A new message to each conversation is accepted once the lock timeout has passed."""
-        started = time.monotonic()
-        deadline = started + LOCK_S + TAKEOVER_MARGIN_S
-        waits: list[float] = []
-        stuck: list[str] = []
+    async def locks_released(self, rng: random.Random, since: float) -> None:
+        """A new message to each conversation is accepted (and completes) within the lock
+        timeout plus a margin after the traffic ended (`since`, time.monotonic())."""
+        bound = LOCK_S + TAKEOVER_MARGIN_S
+        accepted: list[str] = []
+        busy: dict[str, float] = {}  # refused 409 at first: accepted this long after `since`
         limit = asyncio.Semaphore(8)
 
         async def probe(conversation: Conversation) -> None:
@@ -1163,34 +1163,55 @@ class Checker:
                 return  # nothing was ever accepted: no lock to check
             spec = ReplySpec(f"{conversation.id}.probe", 4, 10)
             async with limit:
+                deadline = max(since + bound, time.monotonic() + 5)
                 while True:
                     record = await self.traffic.run("probe", spec, conversation.id, rng)
+                    if "busy" in record.outcome:
+                        busy.setdefault(conversation.id, 0.0)
                     if not record.outcome.startswith(("refused", "unanswered")):
                         break
                     if time.monotonic() > deadline:
+                        waited = time.monotonic() - since
                         if "busy" in record.outcome:
-                            stuck.append(conversation.id)
                             self.add(
-                                "stuck_lock",
-                                f"still 409 after {time.monotonic() - started:.0f} s",
-                                record,
+                                "stuck_lock", f"still 409 {waited:.0f} s after the run", record
                             )
                         else:
                             self.add("probe_failed", f"last answer {record.outcome}", record)
                         return
                     await asyncio.sleep(1.0)
-            waits.append(time.monotonic() - started)
+            accepted.append(conversation.id)
+            if conversation.id in busy:
+                busy[conversation.id] = round(time.monotonic() - since, 1)
             if record.outcome != "completed" or record.issues:
                 self.add("probe_failed", f"ended {record.outcome} {record.issues}", record)
             conversation.records.append(record)
 
         await asyncio.gather(*(probe(c) for c in self.traffic.conversations.values()))
+        slowest = sorted(busy.items(), key=lambda item: -item[1])[:5]
         self.locks = {
-            "probed": len(waits) + len(stuck),
-            "accepted": len(waits),
-            "stuck": len(stuck),
-            "longest_wait_s": round(max(waits, default=0.0), 1),
-            "bound_s": LOCK_S + TAKEOVER_MARGIN_S,
+            "probed": sum(
+                1
+                for c in self.traffic.conversations.values()
+                if any(r.stream_id for r in c.records)
+            ),
+            "accepted": len(accepted),
+            "stuck": sum(1 for p in self.problems if p.kind == "stuck_lock"),
+            "bound_s": bound,
+            "busy_at_first": len(busy),
+            "longest_wait_s": max(busy.values(), default=0.0),
+            "slowest": [
+                {
+                    "conversation": conversation,
+                    "accepted_after_s": wait,
+                    "last_turns": [
+                        f"#{r.n} {r.kind} {r.outcome} {r.started:.1f}-{r.ended:.1f} s"
+                        f" {'/'.join(r.served)}"
+                        for r in self.traffic.conversations[conversation].records[-4:-1]
+                    ],
+                }
+                for conversation, wait in slowest
+            ],
         }
 
     async def generating_marked(self) -> None:
@@ -1353,6 +1374,15 @@ def report(
     }
 
 
+def lock_sentence(locks: dict[str, Any]) -> str:
+    return (
+        f"{locks.get('accepted', 0)} of {locks.get('probed', 0)} conversations took a new message"
+        f" within {locks.get('bound_s', 0):.0f} s of the traffic's end, {locks.get('stuck', 0)}"
+        f" stuck; {locks.get('busy_at_first', 0)} were still busy at their first try (the last"
+        f" accepted {locks.get('longest_wait_s', 0)} s after the traffic)"
+    )
+
+
 def summary(results: dict[str, Any]) -> str:
     streams, faults, problems = results["streams"], results["faults"], results["problems"]
     conversations, locks = results["conversations"], results["locks"]
@@ -1368,9 +1398,12 @@ def summary(results: dict[str, Any]) -> str:
         + "".join(f"\n    - {clip(line, 160)}" for line in faults["instance_starts_failed"][:3]),
         f"conversations: {conversations['total']}, {conversations['messages_stored']} messages;"
         f" stored replies by end: {conversations['replies_by_end_reason']}",
-        f"locks: {locks.get('accepted', 0)} of {locks.get('probed', 0)} conversations took a"
-        f" new message within {locks.get('bound_s', 0):.0f} s (longest wait"
-        f" {locks.get('longest_wait_s', 0)} s); stuck: {locks.get('stuck', 0)}",
+        f"locks: {lock_sentence(locks)}",
+    ]
+    lines += [
+        f"  busy at first: {slow['conversation']} accepted {slow['accepted_after_s']} s after"
+        f" the traffic; its last turns: {'; '.join(slow['last_turns'])}"
+        for slow in locks.get("slowest", [])[:3]
     ]
     for outcome, examples in streams["failed_visibly_examples"].items():
         example = examples[0]
@@ -1417,10 +1450,7 @@ def markdown(results: dict[str, Any]) -> str:
         f" the other instance), {streams['cut_by_faults']} cut by a fault, {streams['stops_sent']}"
         f" stopped on purpose. Faults: {faults['total']} ("
         + ", ".join(f"{k} {v}" for k, v in faults["by_kind"].items())
-        + f"). Conversations: {results['conversations']['total']};"
-        f" locks: {locks.get('accepted', 0)}"
-        f" of {locks.get('probed', 0)} took a new message within {locks.get('bound_s', 0):.0f} s"
-        f" (longest wait {locks.get('longest_wait_s', 0)} s), {locks.get('stuck', 0)} stuck.",
+        + f"). Conversations: {results['conversations']['total']}; {lock_sentence(locks)}.",
         "",
         "| outcome | " + " | ".join(kinds) + " | all |",
         "|---|" + "---:|" * (len(kinds) + 1),
@@ -1494,7 +1524,8 @@ async def chaos_run(args: argparse.Namespace) -> int:
         for task in done:
             if task.exception() is not None:
                 raise task.exception()  # type: ignore[misc]
-        traffic_s = time.monotonic() - t0
+        ended = time.monotonic()
+        traffic_s = ended - t0
         log(
             f"traffic over after {traffic_s:.0f} s, {len(traffic.records)} streams; waiting"
             f" {GRACE_S + 5:.0f} s for abandoned replies to end"
@@ -1508,7 +1539,7 @@ async def chaos_run(args: argparse.Namespace) -> int:
             "checking that every conversation takes a new message within"
             f" {LOCK_S + TAKEOVER_MARGIN_S:.0f} s"
         )
-        await checker.locks_released(random.Random(f"{args.seed}:probes"))
+        await checker.locks_released(random.Random(f"{args.seed}:probes"), ended)
         await checker.generating_marked()
         results = report(args, traffic, chaos, checker, cluster, traffic_s)
         harness_errors = chaos.errors + traffic.errors
