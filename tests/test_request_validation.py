@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import AsyncIterator
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -93,7 +94,7 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         {"messages": [HI], "max_tokens": 10_000_000},
         422,
         "invalid_request",
-        "max_tokens: must be at most 64000",
+        "max_tokens: must be at most 64000 for 'mock' (CHATRELAY_MAX_TOKENS_LIMIT)",
     ),
     (
         "temperature too high",
@@ -286,8 +287,13 @@ async def test_body_over_the_limit_is_a_413_naming_the_limit(
     assert response.status_code == 413
     assert error_of(response) == {
         "code": "body_too_large",
-        "message": "The request body is larger than the limit of 4096 bytes",
+        "message": "The request body is larger than the limit of 4096 bytes"
+        " (CHATRELAY_MAX_BODY_BYTES)",
     }
+    v1 = await client.post(f"{base_url}/v1/chat/completions", json={"model": "mock", **big})
+    assert v1.status_code == 413
+    assert v1.json()["error"]["code"] == "body_too_large"
+    assert "(CHATRELAY_MAX_BODY_BYTES)" in v1.json()["error"]["message"]
 
 
 async def test_body_over_the_limit_without_content_length_is_a_413_too(
@@ -302,6 +308,7 @@ async def test_body_over_the_limit_without_content_length_is_a_413_too(
     response = await client.post(f"{base_url}/ai/stream/chat", content=chunks())
     assert response.status_code == 413
     assert response.json()["error"]["code"] == "body_too_large"
+    assert "CHATRELAY_MAX_BODY_BYTES" in response.json()["error"]["message"]
 
 
 async def test_unknown_extra_fields_are_ignored(client: httpx.AsyncClient, base_url: str) -> None:
@@ -435,3 +442,41 @@ async def test_assistant_messages_alone_are_refused_and_nothing_is_stored(
         ]
     assert conversations["data"] == []
     assert usage["data"] == [] and usage["total"]["messages"] == 0
+
+
+CAPPED_MODELS = """\
+[models.small]
+provider = "mock"
+model = "mock"
+max_tokens_cap = 100
+
+[models.roomy]
+provider = "mock"
+model = "mock"
+max_tokens_cap = 1000000
+"""
+
+
+@pytest.mark.parametrize(
+    ("model", "asked", "message"),
+    [
+        ("small", 101, "must be at most 100 for 'small' (max_tokens_cap of [models.small])"),
+        ("roomy", 64_001, "must be at most 64000 for 'roomy' (CHATRELAY_MAX_TOKENS_LIMIT)"),
+    ],
+    ids=["the alias cap", "the server limit"],
+)
+async def test_a_max_tokens_refusal_names_the_limit_that_applied(
+    client: httpx.AsyncClient, tmp_path: Path, model: str, asked: int, message: str
+) -> None:
+    models = tmp_path / "models.toml"
+    models.write_text(CAPPED_MODELS)
+    body = {"messages": [HI], "model": model, "max_tokens": asked}
+    async with serve(make_settings(models_file=models)) as url:
+        refused = await client.post(f"{url}/ai/stream/chat", json=body)
+        v1 = await client.post(f"{url}/v1/chat/completions", json=body)
+        fits = await client.post(f"{url}/ai/chat", json={**body, "max_tokens": asked - 1})
+    assert refused.status_code == 422
+    assert refused.json()["error"]["fields"] == [{"field": "max_tokens", "message": message}]
+    assert v1.status_code == 422
+    assert v1.json()["error"]["message"] == f"max_tokens: {message}"
+    assert fits.status_code == 200, fits.text

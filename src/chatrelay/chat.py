@@ -99,9 +99,14 @@ class InputLimits:
                     " (CHATRELAY_MAX_TOTAL_CHARS)",
                 )
             )
-        cap = min(self.max_tokens, spec.max_tokens_cap or self.max_tokens)
+        # Whichever limit is lower applies, and is named.
+        cap, setting = self.max_tokens, "CHATRELAY_MAX_TOKENS_LIMIT"
+        if spec.max_tokens_cap is not None and spec.max_tokens_cap < cap:
+            cap, setting = spec.max_tokens_cap, f"max_tokens_cap of [models.{spec.alias}]"
         if request.max_tokens is not None and request.max_tokens > cap:
-            problems.append(FieldProblem("max_tokens", f"must be at most {cap} for {spec.alias!r}"))
+            problems.append(
+                FieldProblem("max_tokens", f"must be at most {cap} for {spec.alias!r} ({setting})")
+            )
         if problems:
             raise InvalidField(problems)
 
