@@ -274,6 +274,38 @@ async def test_nothing_is_retried_once_text_has_been_sent(
     assert len(fake.requests) == 1
 
 
+@pytest.mark.parametrize("transport", ["relay", "httpx"])
+async def test_a_refused_connection_ends_the_stream_with_upstream_error(
+    client: httpx.AsyncClient, transport: str
+) -> None:
+    """No network is not a timeout: a refused connection fails at once, as `upstream_error`
+    (the README's table), after its retries, in an error frame before `end` and `[DONE]`."""
+    with socket.socket() as closed:  # bound, never listening: connections to it are refused
+        closed.bind(("127.0.0.1", 0))
+        port = closed.getsockname()[1]
+        settings = make_settings(
+            provider="anthropic",
+            anthropic_api_key=SECRET_KEY,
+            anthropic_base_url=f"http://127.0.0.1:{port}",
+            upstream_transport=transport,
+            retry_base_s=0.01,
+        )
+        began = time.monotonic()
+        async with serve(settings) as url:
+            result = await stream_chat(client, url, {"messages": USER_HI})
+            whole = await client.post(f"{url}/ai/chat", json={"messages": USER_HI})
+    assert time.monotonic() - began < 5
+    assert result.status == 200
+    assert result.errors == [
+        {"error": "The AI provider failed to answer. Please try again.", "code": "upstream_error"}
+    ]
+    error_frame, end, done = result.events[-3:]
+    assert error_frame.data.startswith('{"error"') and end.event == "end" and done.data == "[DONE]"
+    assert result.named("end")["reason"] == "error"
+    assert whole.status_code == 502
+    assert whole.json()["error"]["code"] == "upstream_error"
+
+
 async def test_a_slow_first_token_past_the_timeout_is_upstream_timeout(
     client: httpx.AsyncClient, fake: FakeAnthropic
 ) -> None:
