@@ -736,6 +736,8 @@ class Traffic:
         except httpx.TransportError as exc:
             stop["answer"] = type(exc).__name__
             return
+        finally:
+            stop["took_s"] = round(self.now() - stop["at_s"], 2)
         stop["status"] = response.status_code
         stop["served_by"] = self.cluster.label_of(response)
         stop["answer"] = f"http_{response.status_code}"
