@@ -100,8 +100,10 @@ async def test_a_lock_whose_lease_is_gone_is_taken_over_with_the_reply_interrupt
             (2, "user", "q2", None),
         ]
         assert taken == 3
-        # A checkpoint of the dead stream that arrives late changes nothing.
+        # A checkpoint of the dead stream that arrives late changes nothing, nor does a
+        # first one (of a stream that no longer holds the lock).
         await a.checkpoint([Draft("c1", "s1", seq, "mock", "Once upon a time there", None, True)])
+        await a.checkpoint([Draft("c1", "s7", 9, "mock", "Not mine", None, started=False)])
         await b.end_turn("c1", Reply("The end.", "mock", "s2", "completed"), taken)
         stored = await b.get("c1", "alice")
         assert stored is not None and stored.locked_by is None

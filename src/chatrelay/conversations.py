@@ -66,6 +66,7 @@ class _Live:
     thinking: list[str]
     written: int = 0  # pieces (text + thinking) the last stored checkpoint had
     started: bool = False  # a checkpoint of it is stored
+    attempted: bool = False  # a checkpoint of it was sent (it may be stored)
 
 
 def title_of(messages: list[dict[str, Any]]) -> str:
@@ -228,6 +229,8 @@ class Conversations:
                     )
                     for live, _ in grown
                 ]
+                for live, _ in grown:
+                    live.attempted = True
                 try:
                     await self.store.checkpoint(drafts)
                 except Exception as exc:
@@ -250,9 +253,12 @@ class Conversations:
         conversation is still unlocked (its checkpoint kept, as `interrupted`) once the
         database answers again.
         """
-        self._live.pop(reply.stream_id, None)
+        live = self._live.pop(reply.stream_id, None)
+        checkpointed = live is not None and live.attempted
         try:
-            await self.store.end_turn(turn.conversation_id, reply, turn.reply_seq)
+            await self.store.end_turn(
+                turn.conversation_id, reply, turn.reply_seq, checkpointed=checkpointed
+            )
             return
         except ConversationGone:
             log.info("conversation %s was deleted: reply not stored", turn.conversation_id)

@@ -24,8 +24,10 @@ from sqlalchemy import (
     bindparam,
     cast,
     delete,
+    exists,
     func,
     insert,
+    literal,
     or_,
     select,
     update,
@@ -390,19 +392,44 @@ class Store:
 
         The first checkpoint of a reply inserts it, at its reserved seq, only while its
         stream still holds the lock (not after its end, nor after a takeover); later ones
-        update it while it is still `generating`.
+        update it while it is still `generating`. Two statements whatever the number of
+        replies (executemany); alone (after a failed batch), one reply at a time.
         """
         stamp = now()
+        updates = [
+            {
+                "b_id": draft.conversation_id,
+                "b_stream": draft.stream_id,
+                "b_content": draft.content,
+                "b_thinking": draft.thinking,
+            }
+            for draft in drafts
+        ]
 
         def write(connection: Connection, alone: bool) -> None:
-            for draft in drafts:
-                params = {
-                    "b_id": draft.conversation_id,
-                    "b_stream": draft.stream_id,
-                    "b_content": draft.content,
-                    "b_thinking": draft.thinking,
-                }
-                if connection.execute(_CHECKPOINT, params).rowcount or draft.started:
+            if not alone:
+                started = [params for params, d in zip(updates, drafts, strict=True) if d.started]
+                if started:
+                    connection.execute(_CHECKPOINT, started)
+                first = [
+                    {
+                        "b_id": new_id(),
+                        "b_conversation_id": d.conversation_id,
+                        "b_seq": d.seq,
+                        "b_content": d.content,
+                        "b_model": d.model,
+                        "b_stream_id": d.stream_id,
+                        "b_thinking": d.thinking,
+                        "b_created_at": stamp,
+                    }
+                    for d in drafts
+                    if not d.started
+                ]
+                if first:
+                    connection.execute(_INSERT_CHECKPOINT, first)
+                return
+            for draft, params in zip(drafts, updates, strict=True):
+                if connection.execute(_CHECKPOINT, params).rowcount:
                     continue
                 holder = connection.execute(_HOLDER, {"b_id": draft.conversation_id}).first()
                 if holder is None or holder.locked_by != draft.stream_id:
@@ -428,10 +455,19 @@ class Store:
 
         await self._writes.run(write)
 
-    async def end_turn(self, conversation_id: str, reply: Reply, seq: int | None = None) -> None:
+    async def end_turn(
+        self,
+        conversation_id: str,
+        reply: Reply,
+        seq: int | None = None,
+        *,
+        checkpointed: bool = True,
+    ) -> None:
         """Store the assistant's reply (complete or not) and release the lock.
 
         `seq` is what `begin_turn` returned (saves a query); without it, the next free one.
+        The reply is written over its checkpoint (or an interrupted mark); `checkpointed=False`
+        says no checkpoint of it was ever written, which saves looking for one.
         """
         row = {
             "id": new_id(),
@@ -459,7 +495,7 @@ class Store:
                 # Its reserved seq may be what failed (a lock taken over after the timeout
                 # and the seq used meanwhile): alone, it takes the next free one.
                 row["seq"] = None
-            _store_reply(connection, row, alone)
+            _store_reply(connection, row, alone, checkpointed)
 
         # The write goes on if the caller is cancelled (a stream's end must be recorded).
         await asyncio.shield(self._writes.run(write))
@@ -664,6 +700,45 @@ _CHECKPOINT = (
     .where(_OF_STREAM, _MESSAGES.c.end_reason == GENERATING)
     .values(content=bindparam("b_content"), thinking=bindparam("b_thinking"))
 )
+# A reply's first checkpoint, only while its stream holds the lock.
+_INSERT_CHECKPOINT = insert(_MESSAGES).from_select(
+    [
+        "id",
+        "conversation_id",
+        "seq",
+        "content",
+        "model",
+        "stream_id",
+        "thinking",
+        "created_at",
+        "role",
+        "end_reason",
+        "usage_estimated",
+    ],
+    select(
+        *(
+            bindparam(f"b_{name}", type_=_MESSAGES.c[name].type)
+            for name in (
+                "id",
+                "conversation_id",
+                "seq",
+                "content",
+                "model",
+                "stream_id",
+                "thinking",
+                "created_at",
+            )
+        ),
+        literal("assistant", _MESSAGES.c.role.type),
+        literal(GENERATING, _MESSAGES.c.end_reason.type),
+        literal(False, _MESSAGES.c.usage_estimated.type),
+    ).where(
+        exists().where(
+            _CONVERSATIONS.c.id == bindparam("b_conversation_id"),
+            _CONVERSATIONS.c.locked_by == bindparam("b_stream_id"),
+        )
+    ),
+)
 _INTERRUPT = (
     update(_MESSAGES)
     .where(_MESSAGES.c.id == bindparam("b_message"), _MESSAGES.c.end_reason == GENERATING)
@@ -744,11 +819,17 @@ def _interrupt(connection: Connection, dead: _Held, stamp: datetime) -> None:
     )
 
 
-def _store_reply(connection: Connection, row: dict[str, Any], alone: bool = False) -> None:
-    """The reply over its checkpoint if one is stored, else a new row; and the unlock."""
+def _store_reply(
+    connection: Connection, row: dict[str, Any], alone: bool = False, checkpointed: bool = True
+) -> None:
+    """The reply over its checkpoint if one is stored, else a new row; and the unlock.
+
+    Without a checkpoint the insert goes straight to the reserved seq; if a row is there
+    after all (a takeover's interrupted mark), the batch fails and alone it is updated.
+    """
     params = {f"b_{name}": row[name] for name in _REPLY_FIELDS}
     params.update(b_id=row["conversation_id"], b_stream=row["stream_id"])
-    if connection.execute(_FINISH, params).rowcount == 0:
+    if (not checkpointed and not alone) or connection.execute(_FINISH, params).rowcount == 0:
         if alone and not connection.execute(_EXISTS, {"b_id": row["conversation_id"]}).scalar():
             raise ConversationGone(row["conversation_id"])
         if row["seq"] is None:  # without the seq its turn reserved: the next free one
