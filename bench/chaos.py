@@ -475,6 +475,9 @@ class Conversation:
     refused_since: float | None = None
     records: list[StreamRecord] = field(default_factory=list)
 
+    def records_accepted(self) -> bool:
+        return any(r.stream_id for r in self.records)
+
 
 class Traffic:
     """The clients: conversations, streams, resumes, Stops; every stream recorded."""
@@ -978,6 +981,7 @@ class Problem:
     conversation: str | None = None
     stream: dict[str, Any] | None = None
     faults: list[str] = field(default_factory=list)
+    evidence: dict[str, Any] | None = None
 
     def view(self) -> dict[str, Any]:
         return {k: v for k, v in dataclasses.asdict(self).items() if v not in (None, [])}
@@ -1157,26 +1161,27 @@ class Checker:
         timeout plus a margin after the traffic ended (`since`, time.monotonic())."""
         bound = LOCK_S + TAKEOVER_MARGIN_S
         accepted: list[str] = []
-        busy: dict[str, float] = {}  # refused 409 at first: accepted this long after `since`
+        busy: dict[str, float | None] = {}  # 409 at first: accepted this long after `since`
         limit = asyncio.Semaphore(8)
 
         async def probe(conversation: Conversation) -> None:
-            if not any(r.stream_id for r in conversation.records):
-                return  # nothing was ever accepted: no lock to check
             spec = ReplySpec(f"{conversation.id}.probe", 4, 10)
             async with limit:
                 deadline = max(since + bound, time.monotonic() + 5)
                 while True:
                     record = await self.traffic.run("probe", spec, conversation.id, rng)
                     if "busy" in record.outcome:
-                        busy.setdefault(conversation.id, 0.0)
+                        busy.setdefault(conversation.id, None)
                     if not record.outcome.startswith(("refused", "unanswered")):
                         break
                     if time.monotonic() > deadline:
                         waited = time.monotonic() - since
                         if "busy" in record.outcome:
                             self.add(
-                                "stuck_lock", f"still 409 {waited:.0f} s after the run", record
+                                "stuck_lock",
+                                f"still 409 {waited:.0f} s after the run; its turns:"
+                                f" {self.story(conversation)}",
+                                record,
                             )
                         else:
                             self.add("probe_failed", f"last answer {record.outcome}", record)
@@ -1189,32 +1194,69 @@ class Checker:
                 self.add("probe_failed", f"ended {record.outcome} {record.issues}", record)
             conversation.records.append(record)
 
-        await asyncio.gather(*(probe(c) for c in self.traffic.conversations.values()))
-        slowest = sorted(busy.items(), key=lambda item: -item[1])[:5]
+        # Only conversations that ever took a message can hold a lock.
+        probed = [c for c in self.traffic.conversations.values() if c.records_accepted()]
+        await asyncio.gather(*(probe(c) for c in probed))
+        waited = {c: w for c, w in busy.items() if w is not None}
         self.locks = {
-            "probed": sum(
-                1
-                for c in self.traffic.conversations.values()
-                if any(r.stream_id for r in c.records)
-            ),
+            "probed": len(probed),
             "accepted": len(accepted),
-            "stuck": sum(1 for p in self.problems if p.kind == "stuck_lock"),
+            "stuck": len(busy) - len(waited),
             "bound_s": bound,
             "busy_at_first": len(busy),
-            "longest_wait_s": max(busy.values(), default=0.0),
+            "longest_wait_s": max(waited.values(), default=0.0),
             "slowest": [
                 {
-                    "conversation": conversation,
-                    "accepted_after_s": wait,
-                    "last_turns": [
-                        f"#{r.n} {r.kind} {r.outcome} {r.started:.1f}-{r.ended:.1f} s"
-                        f" {'/'.join(r.served)}"
-                        for r in self.traffic.conversations[conversation].records[-4:-1]
-                    ],
+                    "conversation": c,
+                    "accepted_after_s": w,
+                    "turns": self.story(self.traffic.conversations[c]),
                 }
-                for conversation, wait in slowest
+                for c, w in sorted(waited.items(), key=lambda item: -item[1])[:5]
             ],
         }
+
+    def story(self, conversation: Conversation, last: int = 4) -> str:
+        """A conversation's last turns before the final check, as its client saw them."""
+        records = [r for r in conversation.records if r.kind != "probe"][-last:]
+        return "; ".join(
+            f"#{r.n} {r.kind} {r.outcome} {r.started:.1f}-{r.ended:.1f} s"
+            f" {'/'.join(r.served) or '-'} {r.stream_id or ''}".rstrip()
+            for r in records
+        )
+
+    async def explain_stuck(self, cluster: Cluster) -> None:
+        """For each stuck lock: its row as the database holds it, and what the servers logged
+        of the stream holding it (read straight from the private PostgreSQL and the logs)."""
+        stuck = [p for p in self.problems if p.kind == "stuck_lock"]
+        if not stuck or cluster.postgres is None:
+            return
+        import asyncpg  # chatrelay's own PostgreSQL driver
+
+        url = cluster.postgres.url.replace("postgresql+asyncpg://", "postgresql://")
+        try:
+            connection = await asyncpg.connect(url)
+        except (OSError, asyncpg.PostgresError) as exc:
+            self.traffic.errors.append(f"reading the stuck locks: {exc!r}")
+            return
+        try:
+            for problem in stuck:
+                row = await connection.fetchrow(
+                    "SELECT * FROM conversations WHERE id = $1", problem.conversation
+                )
+                lock = {
+                    k: str(v) for k, v in dict(row or {}).items() if k.startswith(("lock", "upd"))
+                }
+                holder = lock.get("locked_by", "")
+                lines = [
+                    line
+                    for path in cluster.logs()
+                    for line in path.read_text(errors="replace").splitlines()
+                    if holder and holder in line
+                ]
+                problem.detail += f"; lock row {lock}; server lines of {holder}: {len(lines)}"
+                problem.evidence = {"lock": lock, "log_lines": [clip(x, 400) for x in lines[:6]]}
+        finally:
+            await connection.close()
 
     async def generating_marked(self) -> None:
         """Once its conversation took a new message, no reply of a dead stream says it is
@@ -1404,7 +1446,7 @@ def summary(results: dict[str, Any]) -> str:
     ]
     lines += [
         f"  busy at first: {slow['conversation']} accepted {slow['accepted_after_s']} s after"
-        f" the traffic; its last turns: {'; '.join(slow['last_turns'])}"
+        f" the traffic; its last turns: {slow['turns']}"
         for slow in locks.get("slowest", [])[:3]
     ]
     for outcome, examples in streams["failed_visibly_examples"].items():
@@ -1422,7 +1464,9 @@ def summary(results: dict[str, Any]) -> str:
         lines.append(f"  {kind}: {PROBLEMS[kind]}")
         for example in examples[:3]:
             where = example.get("turn") or example.get("conversation")
-            lines.append(f"    - {where}: {clip(example['detail'], 200)}")
+            lines.append(f"    - {where}: {clip(example['detail'], 400)}")
+            for line in (example.get("evidence") or {}).get("log_lines", [])[:3]:
+                lines.append(f"      server: {clip(line, 300)}")
             if example.get("faults"):
                 lines.append(f"      faults around it: {'; '.join(example['faults'][:3])}")
     for error in faults["harness_errors"][:5]:
@@ -1543,6 +1587,7 @@ async def chaos_run(args: argparse.Namespace) -> int:
         )
         await checker.locks_released(random.Random(f"{args.seed}:probes"), ended)
         await checker.generating_marked()
+        await checker.explain_stuck(cluster)
         results = report(args, traffic, chaos, checker, cluster, traffic_s)
         harness_errors = chaos.errors + traffic.errors
         if harness_errors and not checker.problems:
