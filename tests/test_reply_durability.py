@@ -3,7 +3,7 @@
 
 - On PostgreSQL, a client that reads `[DONE]` (or /ai/chat's answer) and at once reads the
   conversation finds the reply in it, on every surface.
-- A private PostgreSQL (initdb + pg_ctl on a free port, never the shared server) stopped while
+- A private PostgreSQL (`tests/servers.py`, never the shared server) stopped while
   a reply streams: started again within `CHATRELAY_REPLY_RETRY_S` the reply is stored and the
   conversation unlocked; started after it, the reply is lost with one error line, and the
   conversation is unlocked all the same once the database answers.
@@ -12,22 +12,17 @@
 from __future__ import annotations
 
 import asyncio
-import glob
 import json
 import logging
-import os
-import shutil
-import tempfile
 import time
-from collections.abc import AsyncIterator
-from pathlib import Path
+from collections.abc import Iterator
 from typing import Any
 
 import httpx
 import pytest
 
 from .conftest import make_settings, postgres_database, serve
-from .processes import free_port
+from .servers import PrivatePostgres, private_postgres
 
 
 def user(text: str) -> dict[str, str]:
@@ -72,6 +67,7 @@ async def test_on_postgresql_the_reply_is_in_the_conversation_as_soon_as_done_is
             found = []
             for n in range(10):
                 said = f"question {n}"
+                body: dict[str, Any]
                 if surface == "chat":
                     body = {"conversation_id": cid, "messages": [user(said)]}
                     response = await streams.post(f"{url}/ai/chat", json=body)
@@ -103,75 +99,18 @@ async def test_on_postgresql_the_reply_is_in_the_conversation_as_soon_as_done_is
 
 
 # -- F4: the database goes away when a reply ends -------------------------------------------
-def _postgres_bin() -> Path:
-    found = sorted(glob.glob("/usr/lib/postgresql/*/bin/pg_ctl"))
-    if not found:
-        pytest.fail("PostgreSQL server binaries (initdb, pg_ctl) are not installed")
-    return Path(found[-1]).parent
-
-
-class PostgresServer:
-    """A PostgreSQL server of this test's own, in a temporary directory, on a free port.
-
-    initdb refuses to run as root, so as root it runs as the `postgres` user."""
-
-    def __init__(self) -> None:
-        self.bin = _postgres_bin()
-        self.dir = Path(tempfile.mkdtemp(prefix="chatrelay-pg-"))
-        self.data = self.dir / "data"
-        self.port = free_port()
-        self.url = f"postgresql+asyncpg://postgres@127.0.0.1:{self.port}/postgres"
-        self.running = False
-        if os.geteuid() == 0:
-            shutil.chown(self.dir, "postgres", "postgres")
-
-    async def _run(self, *args: str) -> None:
-        command = [str(self.bin / args[0]), *args[1:]]
-        if os.geteuid() == 0:
-            command = ["runuser", "-u", "postgres", "--", *command]
-        process = await asyncio.create_subprocess_exec(
-            *command, stdout=asyncio.subprocess.PIPE, stderr=asyncio.subprocess.STDOUT
-        )
-        output, _ = await process.communicate()
-        assert process.returncode == 0, f"{args[0]} failed:\n{output.decode()}"
-
-    async def init(self) -> None:
-        await self._run("initdb", "-D", str(self.data), "-U", "postgres", "--auth=trust", "-N")
-
-    async def start(self) -> None:
-        options = f"-p {self.port} -k {self.dir} -c listen_addresses=127.0.0.1 -c fsync=off"
-        await self._run(
-            "pg_ctl",
-            "-D",
-            str(self.data),
-            "-l",
-            str(self.dir / "log"),
-            "-o",
-            options,
-            "-w",
-            "start",
-        )
-        self.running = True
-
-    async def stop(self) -> None:
-        await self._run("pg_ctl", "-D", str(self.data), "-m", "fast", "-w", "stop")
-        self.running = False
-
-    async def cleanup(self) -> None:
-        if self.running:
-            await self._run("pg_ctl", "-D", str(self.data), "-m", "immediate", "-w", "stop")
-        shutil.rmtree(self.dir, ignore_errors=True)
-
-
 @pytest.fixture
-async def postgres() -> AsyncIterator[PostgresServer]:
-    server = PostgresServer()
-    try:
-        await server.init()
-        await server.start()
+def postgres() -> Iterator[PrivatePostgres]:
+    with private_postgres() as server:
         yield server
-    finally:
-        await server.cleanup()
+
+
+async def stop(server: PrivatePostgres) -> None:
+    await asyncio.to_thread(server.stop)  # in a thread: the app under test runs on this loop
+
+
+async def start(server: PrivatePostgres) -> None:
+    await asyncio.to_thread(server.start)
 
 
 WORD_S = 0.25  # the mock's pause between words: the reply takes about 3 s
@@ -186,7 +125,7 @@ def slow_reply(cid: str) -> dict[str, Any]:
 
 
 async def reply_with_the_database_stopped(
-    client: httpx.AsyncClient, url: str, postgres: PostgresServer, cid: str
+    client: httpx.AsyncClient, url: str, postgres: PrivatePostgres, cid: str
 ) -> tuple[str, str]:
     """Stream a reply, stopping PostgreSQL before it ends: its text, as the client saw it
     complete, and its stream id."""
@@ -199,7 +138,7 @@ async def reply_with_the_database_stopped(
                 text.append(json.loads(line.removeprefix("data: "))["content"])
                 seen += 1
                 if seen == 3:
-                    await postgres.stop()  # about 2 s of the reply still to come
+                    await stop(postgres)  # about 2 s of the reply still to come
             elif line.startswith('data: {"reason"'):
                 ended = json.loads(line.removeprefix("data: "))
             elif line == "data: [DONE]":
@@ -242,13 +181,13 @@ def chatrelay_errors(caplog: pytest.LogCaptureFixture) -> list[logging.LogRecord
 
 
 async def test_a_reply_ending_while_postgresql_is_down_is_stored_once_it_is_back(
-    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+    postgres: PrivatePostgres, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(provider="mock", database_url=postgres.url, reply_retry_s=30)
     async with serve(settings) as url, httpx.AsyncClient(timeout=30) as client:
         text, stream_id = await reply_with_the_database_stopped(client, url, postgres, "down-1")
         await asyncio.sleep(1)  # down a while after the reply ended
-        await postgres.start()
+        await start(postgres)
         messages = await until_stored(client, url, "down-1", limit_s=15)
     assert [m["role"] for m in messages] == ["user", "assistant", "user", "assistant"]
     reply = messages[1]
@@ -258,13 +197,13 @@ async def test_a_reply_ending_while_postgresql_is_down_is_stored_once_it_is_back
 
 
 async def test_a_reply_the_database_refuses_for_longer_than_the_window_is_lost_but_unlocked(
-    postgres: PostgresServer, caplog: pytest.LogCaptureFixture
+    postgres: PrivatePostgres, caplog: pytest.LogCaptureFixture
 ) -> None:
     settings = make_settings(provider="mock", database_url=postgres.url, reply_retry_s=1)
     async with serve(settings) as url, httpx.AsyncClient(timeout=30) as client:
         text, stream_id = await reply_with_the_database_stopped(client, url, postgres, "down-2")
         await asyncio.sleep(3)  # past the 1 s window
-        await postgres.start()
+        await start(postgres)
         messages = await until_stored(client, url, "down-2", limit_s=15)
     [error] = chatrelay_errors(caplog)
     assert "down-2" in error.getMessage() and stream_id in error.getMessage()
