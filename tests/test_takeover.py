@@ -24,11 +24,12 @@ from typing import Any
 
 import httpx
 import pytest
+from redis.asyncio import Redis
 
 import chatrelay.store
 from chatrelay.db import create_engine, upgrade
 from chatrelay.errors import ConversationBusy
-from chatrelay.leases import DB_LEASE_S, DatabaseLeases
+from chatrelay.leases import DB_LEASE_S, DatabaseLeases, RedisLeases
 from chatrelay.store import Draft, Reply, Store
 
 from .conftest import REDIS_URL, make_settings, postgres_database, redis_prefix, serve
@@ -192,6 +193,28 @@ async def test_database_leases_live_while_renewed_and_die_with_a_restart_or_sile
         await other.close()
     finally:
         await store.close()
+
+
+async def test_redis_leases_are_the_instances_keys_and_a_restart_ends_the_previous_life() -> None:
+    async with redis_prefix() as prefix:
+        redis = Redis.from_url(REDIS_URL)
+        try:
+            for instance in ("boot-1", "boot-9"):  # as their event logs keep them
+                await redis.set(f"{prefix}:i:{instance}", b"1", px=3000)
+            first = RedisLeases(redis, prefix=prefix, instance="boot-1", name="host:8000")
+            other = RedisLeases(redis, prefix=prefix, instance="boot-9", name="host:8001")
+            await first.start()
+            await other.start()
+            assert await other.alive("boot-1") and await first.alive("boot-9")
+            assert not await other.alive("never-started")
+
+            await redis.set(f"{prefix}:i:boot-2", b"1", px=3000)
+            second = RedisLeases(redis, prefix=prefix, instance="boot-2", name="host:8000")
+            await second.start()  # a restart under the same name
+            assert not await other.alive("boot-1")
+            assert await other.alive("boot-2") and await other.alive("boot-9")
+        finally:
+            await redis.aclose()
 
 
 # -- kill -9 ----------------------------------------------------------------------------------

@@ -56,7 +56,10 @@ class RedisLeases:
         if self._name is None:
             return
         key = f"{self._prefix}:n:{self._name}"
-        previous = await self._redis.set(key, self.instance, ex=NAME_TTL_S, get=True)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.getset(key, self.instance)  # SET ... GET needs Redis 6.2; GETSET works on all
+            pipe.expire(key, NAME_TTL_S)
+            previous, _ = await pipe.execute()
         if previous is not None:
             previous = previous.decode() if isinstance(previous, bytes) else str(previous)
             if previous != self.instance:

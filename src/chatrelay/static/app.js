@@ -132,6 +132,8 @@ const ENDED = {
   stopped: "Stopped",
   disconnected: "Disconnected",
   server_restarting: "Cut by a server restart",
+  interrupted: "Cut off: its server went away",
+  generating: "Still being written",
 };
 
 /** One assistant reply on screen: streaming, finished, or loaded from the server. */
