@@ -5,6 +5,7 @@ reply was lost, no stream silently cut, no conversation left inconsistent or loc
     python bench/chaos.py                        # 3 minutes: bench/results/chaos.json + docs
     python bench/chaos.py --minutes 2 --seed 7   # the same mix of choices for the same seed
     python bench/chaos.py --minutes 0.5 --no-doc --keep-workdir   # a short try, logs kept
+    python bench/chaos.py --render bench/results/chaos.json       # only rewrite the docs
 
 Not part of `make test`: it takes minutes and its faults are random. Run it from the repo root
 with the venv's Python; it needs nginx, redis-server and PostgreSQL's binaries (as `make test`).
@@ -1419,12 +1420,14 @@ def report(
 
 
 def lock_sentence(locks: dict[str, Any]) -> str:
-    return (
+    sentence = (
         f"{locks.get('accepted', 0)} of {locks.get('probed', 0)} conversations took a new message"
         f" within {locks.get('bound_s', 0):.0f} s of the traffic's end, {locks.get('stuck', 0)}"
-        f" stuck; {locks.get('busy_at_first', 0)} were still busy at their first try (the last"
-        f" accepted {locks.get('longest_wait_s', 0)} s after the traffic)"
+        f" stuck; {locks.get('busy_at_first', 0)} still busy at their first try"
     )
+    if locks.get("longest_wait_s"):
+        sentence += f" (the last accepted {locks['longest_wait_s']} s after the traffic)"
+    return sentence
 
 
 def summary(results: dict[str, Any]) -> str:
@@ -1479,6 +1482,9 @@ def markdown(results: dict[str, Any]) -> str:
     run, streams, faults = results["run"], results["streams"], results["faults"]
     problems, locks = results["problems"], results["locks"]
     kinds = list(streams["by_kind"])
+    refused = sum(
+        n for k, n in streams["by_outcome"].items() if k.startswith(("refused", "unanswered"))
+    )
     verdict = (
         "✅ nothing lost or inconsistent"
         if not problems["total"]
@@ -1491,7 +1497,8 @@ def markdown(results: dict[str, Any]) -> str:
         f" {run['traffic_s']:.0f} s of traffic, {run['clients']} clients, seed {run['seed']}",
         "",
         f"**Verdict:** {verdict}."
-        f" Streams: {streams['total']}, {streams['completed_exact']} completed with exactly their"
+        f" Requests: {streams['total']} ({refused} refused or unanswered),"
+        f" {streams['completed_exact']} streams completed with exactly their"
         f" text; {streams['resumed']} resumed ({streams['resumes_on_another_instance']} resumes on"
         f" the other instance), {streams['cut_by_faults']} cut by a fault, {streams['stops_sent']}"
         f" stopped on purpose. Faults: {faults['total']} ("
@@ -1645,11 +1652,18 @@ def main(argv: list[str] | None = None) -> int:
         help="write the section of docs/BENCHMARKS.md (default: yes)",
     )
     parser.add_argument(
+        "--render", type=Path, help="only rewrite the docs section from a results JSON"
+    )
+    parser.add_argument(
         "--keep-workdir",
         action="store_true",
         help="keep the servers' logs (kept anyway when something is wrong)",
     )
     args = parser.parse_args(argv)
+    if args.render is not None:
+        write_doc(json.loads(args.render.read_text()))
+        log(f"section of {DOC.relative_to(ROOT)} rewritten from {args.render}")
+        return 0
     args.faults = [k.strip() for k in args.faults.split(",") if k.strip()]
     unknown = [k for k in args.faults if k not in FAULTS]
     if unknown or not args.faults:
