@@ -585,16 +585,37 @@ async def test_the_reservation_counts_the_stored_history_sent_upstream(
 
 
 @TOKEN_SCOPES
-async def test_a_turn_whose_history_alone_is_over_the_budget_is_over_limit(
+async def test_a_history_larger_than_the_whole_budget_loses_its_oldest_turns(
     client: httpx.AsyncClient, tmp_path: Any, limits_backend: dict[str, Any], scope: str
 ) -> None:
-    turns = await long_turns(client, tmp_path, limits_backend, scope, 10_000, 7)
-    # ~15,100 tokens can never fit a 10,000 budget: refused as such, not "try again later".
-    assert turns.refused.status_code == 422
-    assert turns.refused.json()["error"]["code"] == "request_over_limit"
-    assert f"{scope} limit of 10000" in turns.refused.json()["error"]["message"]
-    assert turns.remaining == 10_000 - 10  # nothing was reserved for it
-    turns.assert_refused_before_the_provider_and_the_store()
+    """~15,100 tokens could never fit a 10,000 budget: rather than refusing every later turn
+    of the conversation, the oldest turns are left out of what is sent, as for the history
+    budget."""
+    async with FakeAnthropic() as fake:
+        fake.default = Scenario(deltas=["ok"], input_tokens=7, output_tokens=3)
+        limit = {"tokens_per_minute": "tpm", "tokens_per_day": "daily_tokens"}[scope]
+        settings = {
+            "provider": "anthropic",
+            "anthropic_api_key": "sk-ant-test",
+            "anthropic_base_url": fake.base_url,
+            "auth": "anonymous",
+            "limits_anonymous": f"{limit}=10000",
+            **limits_backend,
+        }
+        body = {
+            "messages": [{"role": "user", "content": LONG}],
+            "conversation_id": "long-history",
+            "max_tokens": 100,
+        }
+        async with running(tmp_path, **settings) as (url, _):
+            first = await stream_chat(client, url, body)
+            second = await stream_chat(client, url, body)
+            stored = (await client.get(f"{url}/conversations/long-history")).json()
+    assert first.named("end")["reason"] == "completed"
+    assert second.named("end")["reason"] == "completed"
+    assert second.named("start")["history_omitted"] == 2
+    assert [m["content"] for m in fake.requests[1].body["messages"]] == [LONG]
+    assert [m["content"] for m in stored["messages"]] == [LONG, "ok", LONG, "ok"]
 
 
 # -- input limits ----------------------------------------------------------------------------

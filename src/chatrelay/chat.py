@@ -433,6 +433,7 @@ class ChatService:
                     job.stream_id,
                     job.requested_model,
                     admit,
+                    budget=_history_room(principal.limits, params),
                 )
                 job.turn, job.conversations = turn, self.conversations
                 job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
@@ -518,3 +519,12 @@ class ChatService:
             return []
         why = "with thinking on" if request.thinking else f"by {spec.model}"
         return [f"{name} is not accepted {why} and was not sent" for name in asked]
+
+
+def _history_room(limits: Limits, params: ChatParams) -> int | None:
+    """The most the stored history may take of the caller's smallest token budget, beside
+    the system prompt and max_tokens; None without token limits."""
+    budgets = [b for b in (limits.tpm, limits.daily_tokens) if b is not None]
+    if not budgets:
+        return None
+    return min(budgets) - params.max_tokens - input_tokens(params.system, [])

@@ -136,11 +136,14 @@ class Conversations:
         stream_id: str,
         model: str,
         admit: Admit | None = None,
+        budget: int | None = None,
     ) -> Turn:
         """Resolve the conversation, store the new messages and lock it for this stream.
 
         `admit` gets the upstream messages (trimmed history + new) before anything is stored
         or locked, so a request it refuses (by raising) leaves the conversation untouched.
+        `budget` (tokens) trims the history further, to what the caller's limits could ever
+        admit: a long conversation then loses its oldest turns, not every new message.
         """
         if conversation_id is None:
             conversation_id, existing = new_id(), None
@@ -178,7 +181,8 @@ class Conversations:
                     )
                 ]
             )
-        upstream, omitted = trim(history + fresh, self.budget)
+        limit = self.budget if budget is None else max(0, min(self.budget, budget))
+        upstream, omitted = trim(history + fresh, limit)
         if admit is not None:
             await admit(upstream)
         reply_seq = await self.store.begin_turn(
