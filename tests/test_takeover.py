@@ -213,6 +213,18 @@ async def test_redis_leases_are_the_instances_keys_and_a_restart_ends_the_previo
             await second.start()  # a restart under the same name
             assert not await other.alive("boot-1")
             assert await other.alive("boot-2") and await other.alive("boot-9")
+
+            # A lease missing for a moment (Redis restarted without its data, the instance
+            # renews it within a second) is not taken for dead.
+            await redis.delete(f"{prefix}:i:boot-9")
+            loop = asyncio.get_running_loop()
+            renewal = loop.call_later(
+                0.5, lambda: loop.create_task(redis.set(f"{prefix}:i:boot-9", b"1", px=3000))
+            )
+            try:
+                assert await first.alive("boot-9")
+            finally:
+                renewal.cancel()
         finally:
             await redis.aclose()
 

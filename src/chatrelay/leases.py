@@ -7,7 +7,9 @@ nobody will ever end that turn, and the lock is taken over at once (`Store.begin
 
 - With Redis (`RedisLeases`) the lease is the instance's own Redis key, `{prefix}:i:{id}`
   (`eventlogs/redis.py`: renewed every second, 3 s TTL, deleted on a clean stop). Nothing more
-  is written per instance.
+  is written per instance. A lease found missing is looked for once more after a renewal
+  interval (`CONFIRM_S`): a Redis restarted without its data has lost every lease until
+  their instances renew them, and a live lock must not be taken then.
 - Without Redis (`DatabaseLeases`) it is the instance's row in the `instances` table,
   renewed every `DB_RENEW_S` through the group commit (one small update), dead after
   `DB_LEASE_S` of silence, deleted on a clean stop.
@@ -38,6 +40,10 @@ DB_RENEW_S = 2.0
 DB_LEASE_S = 10.0
 # How long a name remembers its last instance in Redis (renewed by each start).
 NAME_TTL_S = 7 * 86_400
+# A missing Redis lease is dead if it is still missing this much later (renewals: every 1 s).
+CONFIRM_S = 1.2
+# How long the mark of an instance replaced by a restart under its name is kept.
+GONE_TTL_S = 3600
 
 
 class RedisLeases:
@@ -52,6 +58,9 @@ class RedisLeases:
     def _lease(self, instance: str) -> str:
         return f"{self._prefix}:i:{instance}"  # the key eventlogs/redis.py renews
 
+    def _gone(self, instance: str) -> str:
+        return f"{self._prefix}:gone:{instance}"
+
     async def start(self) -> None:
         if self._name is None:
             return
@@ -63,13 +72,23 @@ class RedisLeases:
         if previous is not None:
             previous = previous.decode() if isinstance(previous, bytes) else str(previous)
             if previous != self.instance:
-                await self._redis.delete(self._lease(previous))
+                async with self._redis.pipeline(transaction=True) as pipe:
+                    pipe.set(self._gone(previous), b"1", ex=GONE_TTL_S)
+                    pipe.delete(self._lease(previous))
+                    await pipe.execute()
                 log.info("instance %s replaces %s (named %s)", self.instance, previous, self._name)
 
     async def alive(self, instance: str) -> bool:
         from redis.exceptions import RedisError
 
         try:
+            async with self._redis.pipeline(transaction=False) as pipe:
+                pipe.exists(self._lease(instance))
+                pipe.exists(self._gone(instance))
+                leased, gone = await pipe.execute()
+            if leased or gone:
+                return bool(leased)  # a restart under its name ended it: no need to wait
+            await asyncio.sleep(CONFIRM_S)
             return bool(await self._redis.exists(self._lease(instance)))
         except (RedisError, OSError) as exc:
             log.warning("could not check the lease of instance %s: %r", instance, exc)
