@@ -255,6 +255,17 @@ def jwks_server() -> Iterator[JWKSServer]:
         server.server.server_close()
 
 
+def jwks_settings(jwks: JWKSServer, **extra: Any) -> dict[str, Any]:
+    return {
+        "provider": "mock",
+        "auth": "jwt",
+        "jwt_jwks_url": jwks.url,
+        "jwt_audience": "chat",
+        "jwks_cooldown_s": 0,
+        **extra,
+    }
+
+
 async def test_a_jwks_url_serves_rotating_rsa_and_ec_keys(
     client: httpx.AsyncClient, tmp_path: Any
 ) -> None:
@@ -262,14 +273,7 @@ async def test_a_jwks_url_serves_rotating_rsa_and_ec_keys(
     second = ec.generate_private_key(ec.SECP256R1())
     with jwks_server() as jwks:
         jwks.publish(first, "k1", "RS256")
-        settings = {
-            "provider": "mock",
-            "auth": "jwt",
-            "jwt_jwks_url": jwks.url,
-            "jwt_audience": "chat",
-            "jwks_cooldown_s": 0,
-        }
-        async with running(tmp_path, **settings) as (url, _):
+        async with running(tmp_path, **jwks_settings(jwks)) as (url, _):
             before = await client.get(f"{url}/me", headers=bearer(token({}, first, "RS256", "k1")))
             jwks.publish(second, "k2", "ES256")  # the provider rotates its key
             after = await client.get(
@@ -300,15 +304,7 @@ async def test_a_stalled_jwks_never_delays_a_token_with_a_known_key(
     signer = rsa.generate_private_key(public_exponent=65537, key_size=2048)
     with jwks_server() as jwks:
         jwks.publish(signer, "k1", "RS256")
-        settings = {
-            "provider": "mock",
-            "auth": "jwt",
-            "jwt_jwks_url": jwks.url,
-            "jwt_audience": "chat",
-            "jwks_cooldown_s": 0,
-            "jwks_timeout_s": 1,
-        }
-        async with running(tmp_path, **settings) as (url, _):
+        async with running(tmp_path, **jwks_settings(jwks, jwks_timeout_s=1)) as (url, _):
             assert (
                 await client.get(f"{url}/me", headers=bearer(token({}, signer, "RS256", "k1")))
             ).status_code == 200

@@ -701,34 +701,13 @@ _CHECKPOINT = (
     .values(content=bindparam("b_content"), thinking=bindparam("b_thinking"))
 )
 # A reply's first checkpoint, only while its stream holds the lock.
+_CHECKPOINT_BOUND = (
+    "id", "conversation_id", "seq", "content", "model", "stream_id", "thinking", "created_at",
+)  # fmt: skip
 _INSERT_CHECKPOINT = insert(_MESSAGES).from_select(
-    [
-        "id",
-        "conversation_id",
-        "seq",
-        "content",
-        "model",
-        "stream_id",
-        "thinking",
-        "created_at",
-        "role",
-        "end_reason",
-        "usage_estimated",
-    ],
+    [*_CHECKPOINT_BOUND, "role", "end_reason", "usage_estimated"],
     select(
-        *(
-            bindparam(f"b_{name}", type_=_MESSAGES.c[name].type)
-            for name in (
-                "id",
-                "conversation_id",
-                "seq",
-                "content",
-                "model",
-                "stream_id",
-                "thinking",
-                "created_at",
-            )
-        ),
+        *(bindparam(f"b_{name}", type_=_MESSAGES.c[name].type) for name in _CHECKPOINT_BOUND),
         literal("assistant", _MESSAGES.c.role.type),
         literal(GENERATING, _MESSAGES.c.end_reason.type),
         literal(False, _MESSAGES.c.usage_estimated.type),
