@@ -14,7 +14,7 @@ run: $(VENV)/.installed
 # Sets up PostgreSQL, Redis, nginx and Chromium (scripts/test-setup.sh), then lints, type
 # checks, verifies the lock and runs the whole suite.
 test: setup check
-	$(BIN)/python -m pytest $(PYTEST_ARGS)
+	CHATRELAY_TEST_LOCK_DIR=$(abspath $(LOCK_DIR)) $(BIN)/python -m pytest $(PYTEST_ARGS)
 
 setup:
 	bash scripts/test-setup.sh

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import tomllib
 from importlib import metadata
@@ -12,13 +13,15 @@ from packaging.requirements import Requirement
 from packaging.utils import canonicalize_name
 
 ROOT = Path(__file__).resolve().parent.parent
+# The locks this run installed from: the repository's, or `make upgrade`'s candidates.
+LOCK_DIR = Path(os.environ.get("CHATRELAY_TEST_LOCK_DIR") or ROOT)
 PIN = re.compile(r"^([A-Za-z0-9._-]+)==([^ ;\\]+)\s*(?:;\s*([^\\]+?))?\s*\\?$")
 
 
 def pins(name: str) -> dict[str, tuple[str, str | None]]:
     """package -> (version, marker), checking that every pin carries hashes."""
     found: dict[str, tuple[str, str | None]] = {}
-    lines = (ROOT / name).read_text().splitlines()
+    lines = (LOCK_DIR / name).read_text().splitlines()
     for number, line in enumerate(lines):
         match = PIN.match(line)
         if match is None:
