@@ -122,6 +122,26 @@ async def test_resume_after_the_stream_finished_and_with_the_after_parameter(
     assert [e.data for e in whole] == [e.data for e in everything]
 
 
+async def test_a_resume_past_the_end_of_a_finished_stream_says_so(
+    client: httpx.AsyncClient, cluster_factory: Callable[..., Any]
+) -> None:
+    """Not an empty 200 without `[DONE]`, which a client reads as a cut and retries."""
+    cluster = await cluster_factory(provider="mock")
+    async with aconnect_sse(client, "POST", f"{cluster.a}/ai/stream/chat", json=LONG) as source:
+        everything = [event async for event in source.aiter_sse()]
+        stream_id = source.response.headers["x-stream-id"]
+    last = int(everything[-1].id)
+    url = f"{cluster.b}/ai/stream/{stream_id}"
+    past = await client.get(url, headers={"last-event-id": str(last + 5)})
+    at_end = await client.get(url, headers={"last-event-id": str(last)})
+    _, tail = await read_all(client, "GET", url, headers={"last-event-id": str(last - 1)})
+    for response in (past, at_end):
+        assert response.status_code == 416
+        assert response.json()["error"]["code"] == "stream_ended"
+        assert "past its end" in response.json()["error"]["message"]
+    assert [e.data for e in tail] == ["[DONE]"]
+
+
 async def test_an_unknown_stream_is_a_404_with_a_clear_message(
     client: httpx.AsyncClient, cluster_factory: Callable[..., Any]
 ) -> None:

@@ -172,6 +172,19 @@ class ConversationBusy(RequestError):
         )
 
 
+class StreamEnded(RequestError):
+    """A resume from past the last frame of a stream that has ended: nothing more will come."""
+
+    code = "stream_ended"
+    status = 416
+
+    def __init__(self, stream_id: str, after: int) -> None:
+        super().__init__(
+            f"Stream {stream_id!r} has ended and has no frame after {after}: Last-Event-ID is"
+            " past its end (resume from the last id you received)"
+        )
+
+
 class StorageUnavailable(RequestError):
     """The database or Redis cannot be reached: come back shortly."""
 

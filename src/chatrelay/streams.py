@@ -30,7 +30,7 @@ from collections.abc import AsyncGenerator
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Protocol
 
-from .errors import NotFound, ServerRestarting, StopUnconfirmed
+from .errors import NotFound, ServerRestarting, StopUnconfirmed, StreamEnded
 from .eventlogs import EventLog
 from .sse import DONE_SUFFIX, cancelled_frames, seed_frames
 
@@ -173,6 +173,9 @@ class StreamHub:
         info = await self.events.info(stream_id)
         if info is None or (owner is not None and info.owner != owner):
             raise NotFound(f"Stream {stream_id!r} not found (unknown, or expired)")
+        if info.finished and after >= info.last_seq:
+            # Every frame is out: an empty 200 with no end marker would read as a cut.
+            raise StreamEnded(stream_id, after)
         generation = self._running.get(stream_id)
         if generation is not None:
             generation.readers += 1

@@ -21,6 +21,7 @@ class StreamInfo:
     owner: str
     instance: str  # the instance running (or that ran) its generation
     finished: bool
+    last_seq: int = 0  # the id of its last frame so far
 
 
 class EventLog(Protocol):

@@ -100,7 +100,9 @@ class MemoryEventLog:
         stream = self._streams.get(stream_id)
         if stream is None:
             return None
-        return StreamInfo(stream_id, stream.owner, self.instance, stream.finished)
+        return StreamInfo(
+            stream_id, stream.owner, self.instance, stream.finished, len(stream.frames)
+        )
 
     async def read(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
         stream = self._streams.get(stream_id)

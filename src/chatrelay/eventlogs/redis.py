@@ -319,11 +319,14 @@ class RedisEventLog:
         meta = await self._redis.hgetall(self._meta(stream_id))
         if not meta:
             return None
+        newest = await self._redis.xrevrange(self._log(stream_id), count=1) or []
+        last = [entry_id for entry_id, _ in newest if entry_id]
         return StreamInfo(
             stream_id,
             _text(meta[b"owner"]),
             _text(meta[b"instance"]),
             meta.get(b"finished") == b"1",
+            int(_text(last[0]).partition("-")[2]) if last else 0,  # entry ids are 0-<seq>
         )
 
     async def read(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
