@@ -417,3 +417,112 @@ async def test_a_reader_on_another_instance_ends_with_stream_incomplete_over_mis
     assert [e.data.encode() for e in events[2:]] == [
         f.split(b"data: ")[1].rstrip(b"\n") for f in cancelled_frames("stream_incomplete", 3)
     ]
+
+
+# -- Redis restarted empty: a Stop's answer, a resume before the stream is registered again --
+async def fill_pool(node: Node, connections: int) -> None:
+    """Make the instance's Redis pool hold `connections` idle connections: after a restart,
+    each fails once when next used (as under real traffic, where the pool has grown)."""
+    redis: Redis = node.hub.events._redis  # type: ignore[attr-defined]
+    await asyncio.gather(*(redis.execute_command("PING") for _ in range(connections)))
+
+
+async def test_a_stop_right_after_redis_restarted_empty_answers_stopped_not_finished(
+    client: httpx.AsyncClient, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Chaos run: the Stop ended the reply (stored `stopped`) but answered `finished`, when the
+    generating instance's answer did not reach Redis (a connection to the old server failed)
+    and the stopper read "finished, and no answer within 0.5 s" as "it had already ended"."""
+    async with two_instances(tmp_path, redis_server.url) as (a, b):
+        post = read(client, "POST", f"{a.url}/ai/stream/chat", json=long_chat(400))
+        await post.until(10)
+        assert post.response is not None
+        stream_id = post.response.headers["x-stream-id"]
+        cid = post.response.headers["x-conversation-id"]
+        await fill_pool(a, 12)
+
+        await redis_server.restart(keep_data=False)
+        meta = f"chatrelay:s:{stream_id}"
+        await wait_for(lambda: redis_server.exists(meta), 3, "the stream registered again")
+        stop = await client.post(f"{b.url}/ai/stream/{stream_id}/stop")
+        events = await post.done()
+        stored = await stored_reply(client, a.url, cid)
+
+    assert end_of(events)["reason"] == "stopped"
+    assert stored["end_reason"] == "stopped"
+    assert stop.status_code == 200, stop.text
+    assert stop.json() == {"stream_id": stream_id, "status": "stopped"}
+
+
+async def test_a_stop_of_a_reply_that_ended_on_its_own_answers_finished_at_once(
+    client: httpx.AsyncClient, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with two_instances(tmp_path, redis_server.url) as (a, b):
+        post = read(client, "POST", f"{a.url}/ai/stream/chat", json=long_chat(5))
+        events = await post.done()
+        assert post.response is not None
+        stream_id = post.response.headers["x-stream-id"]
+        meta = f"chatrelay:s:{stream_id}"
+
+        async def finished_in_redis() -> bool:
+            redis = Redis.from_url(redis_server.url)
+            try:
+                return bool(await redis.hget(meta, "finished") == b"1")
+            finally:
+                await redis.aclose()
+
+        await wait_for(finished_in_redis, 3, "the stream finished in Redis")
+        stop = await client.post(f"{b.url}/ai/stream/{stream_id}/stop")
+    assert end_of(events)["reason"] == "completed"
+    assert stop.status_code == 200 and stop.json()["status"] == "finished", stop.text
+
+
+async def test_a_resume_right_after_redis_restarted_empty_follows_the_running_reply(
+    client: httpx.AsyncClient, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    """Chaos run: a resume through the other instance, after Redis came back empty and before
+    the generating instance wrote the stream again, answered 404 (final for the clients)."""
+    async with two_instances(tmp_path, redis_server.url) as (a, b):
+        post = read(client, "POST", f"{a.url}/ai/stream/chat", json=long_chat(200))
+        await post.until(10)
+        assert post.response is not None
+        stream_id = post.response.headers["x-stream-id"]
+
+        # Hold `a`'s copier (as its backoff does after an outage) until the resume is in.
+        copier = a.hub.events
+        gate = asyncio.Event()
+        copy_round = copier._copy_round  # type: ignore[attr-defined]
+
+        async def held_copy_round() -> Exception | None:
+            await gate.wait()
+            result: Exception | None = await copy_round()
+            return result
+
+        copier._copy_round = held_copy_round  # type: ignore[attr-defined]
+        await redis_server.restart(keep_data=False)
+        resumed = read(client, "GET", f"{b.url}/ai/stream/{stream_id}?after=5")
+        await asyncio.sleep(0.4)
+        gate.set()
+        after_restart = await resumed.done()
+        everything = await post.done()
+
+    assert resumed.response is not None and resumed.response.status_code == 200
+    assert check_no_silent_gap(after_restart, 5)
+    assert content(after_restart) == content(everything[5:])
+
+
+async def test_an_unknown_stream_right_after_redis_restarted_empty_is_503_then_404(
+    client: httpx.AsyncClient, tmp_path: Path, redis_server: RedisServer
+) -> None:
+    async with two_instances(tmp_path, redis_server.url) as (_a, b):
+        await redis_server.restart(keep_data=False)
+        asked = time.monotonic()
+        unsure = await client.get(f"{b.url}/ai/stream/nonesuch")
+        took = time.monotonic() - asked
+        await asyncio.sleep(6)
+        unknown = await client.get(f"{b.url}/ai/stream/nonesuch")
+    assert unsure.status_code == 503, unsure.text
+    assert error_of(unsure)["code"] == "storage_unavailable"
+    assert unsure.headers["retry-after"] == "1"
+    assert 1.5 <= took < 3
+    assert unknown.status_code == 404, unknown.text

@@ -41,6 +41,9 @@ log = logging.getLogger("chatrelay.streams")
 
 # How long a Stop waits for the generation to end (or its instance to say it has).
 STOP_WAIT_S = 5.0
+# Streams a Stop ended, remembered (the most recent ones) so that a Stop repeated after the
+# generation ended (its first answer lost with a Redis restart) still answers `stopped`.
+STOPPED_REMEMBERED = 10_000
 
 
 class Wire(Protocol):
@@ -99,6 +102,7 @@ class StreamHub:
         self._grace_s = grace_s
         self.stop_wait_s = stop_wait_s
         self._running: dict[str, Generation] = {}
+        self._stopped: dict[str, None] = {}  # ended by a Stop, oldest first
         self.draining = False
 
     async def start(self) -> None:
@@ -149,6 +153,10 @@ class StreamHub:
             log.exception("generation %s failed", stream_id)
         finally:
             self._running.pop(stream_id, None)
+            if generation.job.cancel_reason == "stopped":
+                self._stopped[stream_id] = None
+                if len(self._stopped) > STOPPED_REMEMBERED:
+                    del self._stopped[next(iter(self._stopped))]
             if generation.grace is not None:
                 generation.grace.cancel()
             try:
@@ -241,7 +249,7 @@ class StreamHub:
         if generation is not None:
             answer = await self._stop_here(generation)
         elif info.instance == self.instance:
-            answer = "finished"  # ours, and no longer running: only its log is being closed
+            answer = self._ended_answer(stream_id)  # ours, no longer running: its log closes
         else:
             answer = await self.events.request_stop(info, self.stop_wait_s)
         if answer is None:
@@ -261,12 +269,19 @@ class StreamHub:
                 return None
         return "stopped" if generation.job.cancel_reason == "stopped" else "finished"
 
+    def _ended_answer(self, stream_id: str) -> str:
+        """A Stop's answer for a stream of this instance that no longer runs: `stopped` if a
+        Stop ended it (this one, sent again, or one just before), else `finished`."""
+        return "stopped" if stream_id in self._stopped else "finished"
+
     async def _on_control(self, kind: str, stream_id: str) -> str | None:
         """A message from another instance about one of this instance's streams, and the
         answer to send back (a Stop's outcome)."""
         generation = self._running.get(stream_id)
         if kind == "stop":
-            return "finished" if generation is None else await self._stop_here(generation)
+            if generation is None:
+                return self._ended_answer(stream_id)
+            return await self._stop_here(generation)
         if kind == "readers" and generation is not None and generation.readers == 0:
             self._arm_grace(generation)
         return None

@@ -30,6 +30,7 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
+import json
 import logging
 import math
 import time
@@ -39,6 +40,7 @@ from typing import Any
 from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
+from ..errors import StorageUnavailable
 from ..sse import DONE_SUFFIX, cancelled_frames
 from . import StreamInfo
 from .memory import MemoryEventLog
@@ -65,6 +67,16 @@ STOP_REPUBLISH_S = 0.5
 STOP_POLL_S = 0.05
 # How long a clean shutdown waits for the copier to write the frames it still holds.
 CLOSE_FLUSH_S = 2.0
+# A stream this instance cannot find in a Redis that may just have lost its data (restarted
+# less than RECENT_LOSS_S ago, or this instance's own outage ended that recently) is looked for
+# again for up to LOOKUP_WAIT_S (its generating instance writes it again from memory) before
+# the answer is 404; still within that window, it is 503 storage_unavailable (Retry-After 1 s).
+RECENT_LOSS_S = 5.0
+LOOKUP_WAIT_S = 2.0
+LOOKUP_POLL_S = 0.05
+LOOKUP_RETRY_AFTER_S = 1
+# How long the generating instance tries to write its answer to a Stop.
+ANSWER_WRITE_S = 5.0
 # Failures this soon after Redis came back are the end of the same outage: each connection
 # the pool still held to the old server fails once (the client does not retry them).
 OUTAGE_SETTLE_S = 2.0
@@ -313,6 +325,40 @@ class RedisEventLog:
 
     # -- reading -----------------------------------------------------------------------------
     async def info(self, stream_id: str) -> StreamInfo | None:
+        """A stream that is not in Redis right after Redis lost its data may be one whose
+        generating instance has not written it again yet: looked for again for a moment, then
+        StorageUnavailable while that cannot be told from an unknown stream."""
+        found = await self._info_now(stream_id)
+        if found is not None or not await self._may_have_lost_data():
+            return found
+        deadline = time.monotonic() + LOOKUP_WAIT_S
+        while time.monotonic() < deadline:
+            await asyncio.sleep(LOOKUP_POLL_S)
+            found = await self._info_now(stream_id)
+            if found is not None:
+                return found
+        if await self._may_have_lost_data():
+            unsure = StorageUnavailable(
+                f"Stream {stream_id!r} is not in Redis, which has just lost its data: if the"
+                " stream is running, its server writes it again within moments; try again"
+            )
+            unsure.retry_after_s = LOOKUP_RETRY_AFTER_S
+            raise unsure
+        return None
+
+    async def _may_have_lost_data(self) -> bool:
+        """Whether Redis may have lost streams moments ago: this instance's outage is recent,
+        Redis started moments ago, or this instance's own lease is gone."""
+        outage = self._outage
+        if outage.down_since is not None or time.monotonic() - outage.up_since < RECENT_LOSS_S:
+            return True
+        async with self._redis.pipeline(transaction=False) as pipe:
+            pipe.info("server")
+            pipe.exists(self._lease(self.instance))
+            server, held = await pipe.execute()
+        return float(server.get("uptime_in_seconds", math.inf)) < RECENT_LOSS_S or not held
+
+    async def _info_now(self, stream_id: str) -> StreamInfo | None:
         local = await self._local.info(stream_id)
         if local is not None:
             return local
@@ -465,7 +511,7 @@ class RedisEventLog:
         try:
             left = await self._redis.decr(self._readers(stream_id))
             if left <= 0:
-                info = await self.info(stream_id)
+                info = await self._info_now(stream_id)
                 if info is not None and not info.finished:
                     await self._redis.publish(self._channel(info.instance), f"readers {stream_id}")
         except FAILURES as exc:
@@ -489,7 +535,6 @@ class RedisEventLog:
         channel, message = self._channel(info.instance), f"stop {info.stream_id}"
         loop = asyncio.get_running_loop()
         published_at: float | None = None
-        finished_at: float | None = None
         try:
             async with asyncio.timeout(wait_s):
                 while True:
@@ -505,14 +550,29 @@ class RedisEventLog:
                         if answer:
                             return _text(answer)
                         if finished == b"1":
-                            # Ended without an answer (yet): the answer follows the end by a
-                            # moment; without one, the reply ended on its own.
-                            finished_at = finished_at or now
-                            if now - finished_at >= STOP_REPUBLISH_S:
+                            # Ended, and no answer (yet). Ended other than by a Stop: it had
+                            # ended on its own. Stopped: by this Stop, or one just before; only
+                            # the generating instance can tell (it answers the Stop published
+                            # again, even if its first answer was lost): until the deadline.
+                            reason = await self._end_reason(info.stream_id)
+                            if reason is not None and reason != "stopped":
                                 return "finished"
                     await asyncio.sleep(STOP_POLL_S)
         except TimeoutError:
             return None
+
+    async def _end_reason(self, stream_id: str) -> str | None:
+        """The `reason` of the `end` frame of a finished log (None if not found)."""
+        entries: Any = await self._redis.xrevrange(self._log(stream_id), count=3)
+        for _, fields in entries or []:
+            frame: bytes = fields[b"f"]
+            lines = frame.split(b"\n")
+            if b"event: end" in lines:
+                for line in lines:
+                    if line.startswith(b"data: "):
+                        with contextlib.suppress(ValueError, KeyError, TypeError):
+                            return str(json.loads(line[6:])["reason"])
+        return None
 
     async def start(self, on_control: Callable[[str, str], Awaitable[str | None]]) -> None:
         await self._redis.set(self._lease(self.instance), b"1", px=LEASE_MS)
@@ -593,16 +653,30 @@ class RedisEventLog:
         try:
             answer = await on_control("stop", stream_id)
             if answer is not None:
-                started = time.monotonic()
-                try:
-                    # The first answer stands: a later one ("finished") is about the same stop.
-                    await self._redis.set(self._stopped(stream_id), answer, nx=True, ex=self._ttl)
-                except FAILURES as exc:
-                    self._outage.failed(started, "answering a Stop", exc)
+                await self._write_answer(stream_id, answer)
         except Exception:
             log.exception("stopping stream %s failed", stream_id)
         finally:
             self._stopping.discard(stream_id)
+
+    async def _write_answer(self, stream_id: str, answer: str) -> None:
+        """Write a Stop's answer, trying again for a while: right after Redis came back, a
+        connection the pool still held to the old server fails once (and a lost answer would
+        leave the stopper unable to tell `stopped` from `finished`)."""
+        deadline = time.monotonic() + ANSWER_WRITE_S
+        failures = 0
+        while True:
+            started = time.monotonic()
+            try:
+                # The first answer stands: a later one is about the same stop.
+                await self._redis.set(self._stopped(stream_id), answer, nx=True, ex=self._ttl)
+                return
+            except FAILURES as exc:
+                self._outage.failed(started, "answering a Stop", exc)
+                if time.monotonic() >= deadline:
+                    return
+            await asyncio.sleep(_backoff(failures))
+            failures += 1
 
     async def close(self) -> None:
         # A clean shutdown first lets the copier write what it still holds.
