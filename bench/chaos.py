@@ -1241,8 +1241,10 @@ class Checker:
             return
         try:
             for problem in stuck:
+                # Stored in its owner's namespace (`{namespace}.{id}`), or bare from before.
                 row = await connection.fetchrow(
-                    "SELECT * FROM conversations WHERE id = $1", problem.conversation
+                    "SELECT * FROM conversations WHERE id = $1 OR id LIKE '%.' || $1 LIMIT 1",
+                    problem.conversation,
                 )
                 lock = {
                     k: str(v) for k, v in dict(row or {}).items() if k.startswith(("lock", "upd"))

@@ -20,6 +20,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec, rsa
 
 from chatrelay.app import create_app
+from chatrelay.conversation_ids import stored_id
 from chatrelay.errors import ConfigError
 
 from .conftest import (
@@ -373,8 +374,8 @@ async def test_no_principal_sees_anothers_conversations_or_streams(
 ) -> None:
     settings = {"provider": "mock", "auth": "api_key", "mock_delay_s": 0.05, "resume_grace_s": 5}
     async with running(tmp_path, **settings) as (url, app):
-        alice, _ = await app.state.keys.create("alice")
-        bob, _ = await app.state.keys.create("bob")
+        alice, alice_row = await app.state.keys.create("alice")
+        bob, bob_row = await app.state.keys.create("bob")
         root, _ = await app.state.keys.create("ops", admin=True)
         body = {**HI, "metadata": {"mock": {"words": 40}}}
         async with client.stream(
@@ -391,23 +392,32 @@ async def test_no_principal_sees_anothers_conversations_or_streams(
                 "delete": await client.delete(f"{url}/conversations/{cid}", headers=as_bob),
                 "resume": await client.get(f"{url}/ai/stream/{sid}", headers=as_bob),
                 "stop": await client.post(f"{url}/ai/stream/{sid}/stop", headers=as_bob),
-                "continue": await client.post(
-                    f"{url}/ai/stream/chat", json={**HI, "conversation_id": cid}, headers=as_bob
-                ),
                 "usage": await client.get(f"{url}/usage", headers=as_bob),
             }
-            admin_view = await client.get(f"{url}/conversations/{cid}", headers=bearer(root))
+            # Alice's id in Bob's mouth names a conversation of his own, a new one.
+            bobs = await client.post(
+                f"{url}/ai/stream/chat", json={**HI, "conversation_id": cid}, headers=as_bob
+            )
+            # An admin sees every conversation, another namespace's by its whole stored id.
+            admin_list = await client.get(f"{url}/conversations", headers=bearer(root))
+            listed = {c["id"] for c in admin_list.json()["data"]}
+            alices = stored_id(f"key:{alice_row.id}", cid)
+            admin_view = await client.get(f"{url}/conversations/{alices}", headers=bearer(root))
             admin_stop = await client.post(f"{url}/ai/stream/{sid}/stop", headers=bearer(root))
             await r.aread()
         own = await client.get(f"{url}/conversations/{cid}", headers=bearer(alice))
     assert answers["list"].json()["data"] == []
-    for name in ("get", "patch", "delete", "resume", "stop", "continue"):
+    for name in ("get", "patch", "delete", "resume", "stop"):
         assert answers[name].status_code == 404, name
         assert answers[name].json()["error"]["code"] == "not_found", name
     assert answers["usage"].json()["data"] == []
-    assert admin_view.status_code == 200
+    assert bobs.status_code == 200 and bobs.headers["x-conversation-id"] == cid
+    # Alice's and Bob's, both named cid to them, whole to the admin.
+    assert listed == {alices, stored_id(f"key:{bob_row.id}", cid)}, listed
+    assert admin_view.status_code == 200 and admin_view.json()["id"] == alices
     assert admin_stop.json()["status"] == "stopped"
     assert own.status_code == 200 and own.json()["title"] == "hi"
+    assert own.json()["id"] == cid and len(own.json()["messages"]) == 2  # Bob's turn is his
 
 
 # -- limits ----------------------------------------------------------------------------------

@@ -12,6 +12,10 @@ from typing import Any
 import httpx
 import pytest
 
+from chatrelay.conversation_ids import STORED_ID_LENGTH, lookup_ids, shown_id, stored_id
+from chatrelay.db import create_engine, upgrade
+from chatrelay.store import STORED_ID, Reply, Store
+
 from .conftest import make_settings, serve, stream_chat
 from .fakes.anthropic_upstream import FakeAnthropic, Scenario
 
@@ -406,3 +410,189 @@ async def test_continuing_with_no_new_user_message_is_refused_and_stores_nothing
     assert problem["message"].startswith(why), problem["message"]
     assert after["messages"] == before["messages"]
     assert usage_after == usage_before
+
+
+# -- ids live in the caller's namespace: neither squatted nor probed -------------------------
+
+
+def two_visitors(database_url: str) -> Any:
+    """Anonymous callers told apart by address (behind a trusted proxy): Bob and Alice."""
+    return make_settings(
+        provider="mock",
+        database_url=database_url,
+        auth="anonymous",
+        trusted_proxies="127.0.0.0/8",
+        limits_anonymous="rpm=1000",
+        mock_delay_s=0,
+    )
+
+
+BOB = {"x-forwarded-for": "198.51.100.1"}
+ALICE = {"x-forwarded-for": "198.51.100.2"}
+
+
+def texts(stored: dict[str, Any]) -> list[str]:
+    return [m["content"] for m in stored["messages"] if m["role"] == "user"]
+
+
+async def test_an_id_another_caller_chose_is_a_new_conversation_of_ones_own(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    async with serve(two_visitors(database_url)) as url:
+        bob = await stream_chat(
+            client,
+            url,
+            {"conversation_id": "project-plan", "messages": [user("Bob's plan")]},
+            headers=BOB,
+        )
+        alice = await stream_chat(
+            client,
+            url,
+            {"conversation_id": "project-plan", "messages": [user("Alice's plan")]},
+            headers=ALICE,
+        )
+        answered = await client.post(
+            f"{url}/ai/chat",
+            json={"conversation_id": "project-plan", "messages": [user("Alice again")]},
+            headers=ALICE,
+        )
+        again = await stream_chat(
+            client,
+            url,
+            {"conversation_id": "project-plan", "messages": [user("Bob again")]},
+            headers=BOB,
+        )
+        bobs = await client.get(f"{url}/conversations/project-plan", headers=BOB)
+        alices = await client.get(f"{url}/conversations/project-plan", headers=ALICE)
+        listed = {
+            name: (await client.get(f"{url}/conversations", headers=who)).json()["data"]
+            for name, who in (("bob", BOB), ("alice", ALICE))
+        }
+    for result in (bob, alice, again):
+        assert result.status == 200
+        # The id as the client sent it, not as it is stored.
+        assert result.headers["x-conversation-id"] == "project-plan"
+        assert result.named("start")["conversation_id"] == "project-plan"
+    assert answered.status_code == 200 and answered.json()["conversation_id"] == "project-plan"
+    assert bobs.json()["id"] == alices.json()["id"] == "project-plan"
+    assert texts(bobs.json()) == ["Bob's plan", "Bob again"]
+    assert texts(alices.json()) == ["Alice's plan", "Alice again"]
+    assert (
+        [c["id"] for c in listed["bob"]] == [c["id"] for c in listed["alice"]] == ["project-plan"]
+    )
+    assert listed["bob"][0]["title"] == "Bob's plan"
+    assert listed["alice"][0]["title"] == "Alice's plan"
+
+
+async def test_anothers_id_answers_exactly_as_an_id_nobody_has(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """Whether Bob has `bobs-plan` cannot be told from Alice's answers."""
+
+    async def probe(url: str) -> list[tuple[int, Any]]:
+        cid = "bobs-plan"
+        answers = [
+            await client.get(f"{url}/conversations/{cid}", headers=ALICE),
+            await client.patch(
+                f"{url}/conversations/{cid}", json={"title": "Mine now"}, headers=ALICE
+            ),
+            await client.delete(f"{url}/conversations/{cid}", headers=ALICE),
+        ]
+        bodies = [(a.status_code, a.json()) for a in answers]
+        for _, body in bodies:
+            body["error"].pop("request_id", None)  # one per request
+        # A chat naming it starts a conversation of Alice's own (deleted again after).
+        chat = await stream_chat(
+            client, url, {"conversation_id": cid, "messages": [user("Mine")]}, headers=ALICE
+        )
+        mine = await client.get(f"{url}/conversations/{cid}", headers=ALICE)
+        dropped = await client.delete(f"{url}/conversations/{cid}", headers=ALICE)
+        bodies.append((chat.status, chat.named("start")["conversation_id"]))
+        bodies.append((mine.status_code, texts(mine.json())))
+        bodies.append((dropped.status_code, None))
+        return bodies
+
+    async with serve(two_visitors(database_url)) as url:
+        created = await stream_chat(
+            client,
+            url,
+            {"conversation_id": "bobs-plan", "messages": [user("Secret")]},
+            headers=BOB,
+        )
+        while_bobs = await probe(url)
+        kept = await client.get(f"{url}/conversations/bobs-plan", headers=BOB)
+        deleted = await client.delete(f"{url}/conversations/bobs-plan", headers=BOB)
+        while_nobodys = await probe(url)
+    assert created.status == 200
+    assert while_bobs == while_nobodys
+    assert [status for status, _ in while_bobs] == [404, 404, 404, 200, 200, 204]
+    assert while_bobs[3:5] == [(200, "bobs-plan"), (200, ["Mine"])]
+    assert while_bobs[0][1]["error"]["code"] == "not_found"
+    # Alice's PATCH and DELETE did nothing to Bob's conversation.
+    assert kept.status_code == 200 and kept.json()["title"] == "Secret"
+    assert texts(kept.json()) == ["Secret"]
+    assert deleted.status_code == 204
+
+
+async def test_a_conversation_stored_before_namespaces_is_still_its_owners(
+    client: httpx.AsyncClient, database_url: str
+) -> None:
+    """A row of before revision 0005 has a bare id: its owner finds and continues it by that
+    id, as before; to anyone else that id is unknown (a new conversation of their own)."""
+    engine = create_engine(database_url)
+    try:
+        await upgrade(engine)
+        store = Store(engine)
+        await store.begin_turn(
+            "old-chat", "anon:198.51.100.1", "s1", [user("Old times")], "Old times", "mock", True
+        )
+        await store.end_turn("old-chat", Reply("Indeed.", "mock", "s1", "completed"))
+        await store.close()
+    finally:
+        await engine.dispose()
+    async with serve(two_visitors(database_url)) as url:
+        listed = (await client.get(f"{url}/conversations", headers=BOB)).json()["data"]
+        continued = await stream_chat(
+            client,
+            url,
+            {"conversation_id": "old-chat", "messages": [user("New times")]},
+            headers=BOB,
+        )
+        hers = await stream_chat(
+            client,
+            url,
+            {"conversation_id": "old-chat", "messages": [user("Hers")]},
+            headers=ALICE,
+        )
+        renamed = await client.patch(
+            f"{url}/conversations/old-chat", json={"title": "Renamed"}, headers=BOB
+        )
+        alices = await client.get(f"{url}/conversations/old-chat", headers=ALICE)
+        deleted = await client.delete(f"{url}/conversations/old-chat", headers=BOB)
+        gone = await client.get(f"{url}/conversations/old-chat", headers=BOB)
+    assert [c["id"] for c in listed] == ["old-chat"]
+    assert continued.status == 200
+    assert continued.named("start")["conversation_id"] == "old-chat"
+    assert continued.headers["x-conversation-id"] == "old-chat"
+    assert hers.status == 200 and hers.named("start")["conversation_id"] == "old-chat"
+    assert renamed.status_code == 200 and renamed.json()["id"] == "old-chat"
+    assert texts(renamed.json()) == ["Old times", "New times"]  # the old row, continued
+    assert renamed.json()["title"] == "Renamed"
+    assert texts(alices.json()) == ["Hers"]
+    assert deleted.status_code == 204 and gone.status_code == 404
+
+
+def test_ids_map_into_the_owners_namespace_and_back() -> None:
+    bobs, alices = (
+        stored_id("anon:198.51.100.1", "project-plan"),
+        stored_id("key:a1", "project-plan"),
+    )
+    assert bobs != alices and bobs.endswith(".project-plan")
+    assert shown_id("anon:198.51.100.1", bobs) == "project-plan"
+    assert shown_id("key:a1", bobs) == bobs  # another namespace (an admin's view): whole
+    assert shown_id("key:a1", "old-chat") == "old-chat"  # a row of before namespaces
+    longest = stored_id("key:a1", "x" * 100)
+    assert len(longest) == STORED_ID_LENGTH and STORED_ID.match(longest)
+    assert lookup_ids("key:a1", "old-chat") == (stored_id("key:a1", "old-chat"), "old-chat")
+    # Its own namespaced id is not a second name of another of its conversations.
+    assert lookup_ids("key:a1", alices) == (stored_id("key:a1", alices),)

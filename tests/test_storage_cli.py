@@ -19,6 +19,7 @@ import httpx
 import pytest
 from alembic.script import ScriptDirectory
 
+from chatrelay.conversation_ids import stored_id
 from chatrelay.db import alembic_config, create_engine, current_revision
 
 from .conftest import make_settings, postgres_database, serve, stream_chat
@@ -185,7 +186,7 @@ async def test_restarting_the_server_keeps_every_conversation(
 
 @dataclass
 class Seeded:
-    cid: str
+    cid: str  # as the HTTP API shows it; the CLI shows and takes the stored one
     replies: list[str]
     environ: dict[str, str]
     cwd: Path
@@ -204,6 +205,11 @@ async def seeded(database_url: str, tmp_path: Path) -> Seeded:
     return Seeded(cid, [first.text, second.text], environment(database_url), tmp_path)
 
 
+def stored(seeded: Seeded) -> str:
+    """The conversation's id as stored, in its owner's namespace (auth off: `public`)."""
+    return stored_id("public", seeded.cid)
+
+
 async def run(seeded: Seeded, *args: str) -> Done:
     return await chatrelay(*args, environ=seeded.environ, cwd=seeded.cwd)
 
@@ -214,8 +220,9 @@ MISSING = "no-such-conversation-42"
 async def test_conversations_list_show_and_export_read_the_stored_conversation(
     seeded: Seeded,
 ) -> None:
-    """Each command is its own process; they run side by side, as readers of one database."""
-    cid = seeded.cid
+    """Each command is its own process; they run side by side, as readers of one database.
+    They name conversations by their stored ids, whoever's namespace they are in."""
+    cid = stored(seeded)
     listed, shown, as_json, as_markdown, unknown = await asyncio.gather(
         run(seeded, "conversations", "list"),
         run(seeded, "conversations", "show", cid),
@@ -237,7 +244,7 @@ def check_list(listed: Done, seeded: Seeded) -> None:
     assert listed.stderr.splitlines()[0] == f"database: {shown_url(seeded.environ)}"
     lines = listed.stdout.splitlines()
     assert len(lines) == 2, lines
-    assert lines[0].startswith(seeded.cid)
+    assert lines[0].startswith(stored(seeded) + "  ")
     assert lines[0].rstrip().endswith(f"  4 messages  {FIRST}"), lines[0]
     assert lines[1].rstrip().endswith("  2 messages  An older chat"), lines[1]
 
@@ -276,7 +283,7 @@ def check_json(exported: Done, seeded: Seeded) -> None:
     """`export --format json` is everything stored: the messages and each reply's usage."""
     assert exported.returncode == 0, exported.stderr
     body: dict[str, Any] = json.loads(exported.stdout)
-    assert body["id"] == seeded.cid
+    assert body["id"] == stored(seeded)
     assert body["title"] == FIRST
     messages = body["messages"]
     assert [(m["role"], m["content"]) for m in messages] == [

@@ -137,7 +137,8 @@ class ChatJob:
 
     @property
     def conversation_id(self) -> str | None:
-        return self.turn.conversation_id if self.turn else self.requested_conversation
+        """The conversation's id as the client knows it (not as stored: conversation_ids.py)."""
+        return self.turn.shown_id if self.turn else self.requested_conversation
 
     async def events(self) -> AsyncGenerator[RelayEvent, None]:
         """The relay's events; when the reply ends (however it ends) it is stored and logged."""
@@ -267,7 +268,8 @@ class ChatJob:
             extra={
                 "stream_id": self.stream_id,
                 "principal": self.owner,
-                "conversation_id": self.conversation_id,
+                # As stored (the operators' id), as the store's own log lines name it.
+                "conversation_id": self.turn.conversation_id if self.turn else None,
                 "model": reply.model,
                 "outcome": reply.end_reason,
                 "stop_reason": reply.stop_reason,

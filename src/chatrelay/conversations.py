@@ -5,7 +5,10 @@
 - present and known: the stored history is put before what the client sent. The longest run
   at the end of the stored history that the client's messages start with is not sent twice, so
   a client may send only its new message, or the whole history, or the last few turns;
-- present and unknown: created with that id if it is well-formed, else 400.
+- present and unknown: created with that id if it is well-formed, else 422.
+
+Ids live in the caller's namespace (conversation_ids.py): another principal's conversation of
+the same id is an unknown one, so the caller gets a new conversation of its own under that id.
 
 The user's new messages are stored when the request is accepted; the reply is checkpointed
 while it is generated (about every second, `end_reason: generating`) and stored whole when its
@@ -27,7 +30,8 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import FieldProblem, InvalidField, NotFound
+from .conversation_ids import lookup_ids, stored_id
+from .errors import ConversationBusy, FieldProblem, InvalidField
 from .store import CONVERSATION_ID, ConversationGone, Draft, Reply, Store, new_id
 from .tokens import content_tokens
 
@@ -49,10 +53,11 @@ Admit = Callable[[list[dict[str, Any]]], Awaitable[None]]
 class Turn:
     """One request's place in its conversation."""
 
-    conversation_id: str
+    conversation_id: str  # as stored (in its owner's namespace: conversation_ids.py)
     messages: list[dict[str, Any]]  # what goes upstream: trimmed history + the new messages
     omitted: int  # history messages left out of the upstream request
     reply_seq: int | None = None  # where the reply goes (reserved by the conversation's lock)
+    shown_id: str = ""  # as the client knows it (start frame, X-Conversation-ID, answers)
 
 
 @dataclass(slots=True)
@@ -146,7 +151,7 @@ class Conversations:
         admit: a long conversation then loses its oldest turns, not every new message.
         """
         if conversation_id is None:
-            conversation_id, existing = new_id(), None
+            shown, existing = new_id(), None
         else:
             if not CONVERSATION_ID.match(conversation_id):
                 raise InvalidField(
@@ -157,9 +162,13 @@ class Conversations:
                         )
                     ]
                 )
-            existing = await self.store.get(conversation_id, owner)
-            if existing is None and await self.store.exists(conversation_id):
-                raise NotFound(f"Conversation {conversation_id!r} not found")
+            # Only the caller's own conversations: another owner's id is an unknown one.
+            shown, existing = conversation_id, None
+            for candidate in lookup_ids(owner, conversation_id):
+                existing = await self.store.get(candidate, owner)
+                if existing is not None:
+                    break
+        stored = existing.id if existing is not None else stored_id(owner, shown)
         history = [
             {"role": m.role, "content": m.content}
             for m in (existing.messages if existing else [])
@@ -177,7 +186,7 @@ class Conversations:
                     FieldProblem(
                         "messages",
                         "must contain at least one user message that is not already stored"
-                        f" in conversation {conversation_id!r}",
+                        f" in conversation {shown!r}",
                     )
                 ]
             )
@@ -185,16 +194,19 @@ class Conversations:
         upstream, omitted = trim(history + fresh, limit)
         if admit is not None:
             await admit(upstream)
-        reply_seq = await self.store.begin_turn(
-            conversation_id,
-            owner,
-            stream_id,
-            fresh,
-            title=title_of(history + fresh),
-            model=model,
-            create=existing is None,
-        )
-        return Turn(conversation_id, upstream, omitted, reply_seq)
+        try:
+            reply_seq = await self.store.begin_turn(
+                stored,
+                owner,
+                stream_id,
+                fresh,
+                title=title_of(history + fresh),
+                model=model,
+                create=existing is None,
+            )
+        except ConversationBusy:
+            raise ConversationBusy(shown) from None  # named as the client knows it
+        return Turn(stored, upstream, omitted, reply_seq, shown_id=shown)
 
     # -- while the reply is generated: checkpoints ------------------------------------------
     def watch(

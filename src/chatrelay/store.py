@@ -37,6 +37,7 @@ from sqlalchemy.exc import IntegrityError
 from sqlalchemy.ext.asyncio import AsyncEngine, AsyncSession, async_sessionmaker
 from sqlalchemy.orm import selectinload
 
+from .conversation_ids import STORED_ID_LENGTH
 from .errors import ConversationBusy
 from .group_commit import GroupCommit
 from .tables import Conversation, Instance, Message
@@ -50,6 +51,8 @@ INTERRUPTED = "interrupted"
 
 # What a conversation id looks like (ours are UUIDs; clients may choose their own).
 CONVERSATION_ID = re.compile(r"\A[A-Za-z0-9][A-Za-z0-9_.:-]{0,99}\Z")  # \Z: no trailing newline
+# What a stored one looks like: the same, in its owner's namespace (conversation_ids.py).
+STORED_ID = re.compile(rf"\A[A-Za-z0-9][A-Za-z0-9_.:-]{{0,{STORED_ID_LENGTH - 1}}}\Z")
 
 
 def now() -> datetime:
@@ -157,7 +160,7 @@ class Store:
         A lock whose instance is gone is freed first, its reply marked `interrupted`, so a
         reader never sees a reply as `generating` that nobody generates any more.
         """
-        if not CONVERSATION_ID.match(conversation_id):
+        if not STORED_ID.match(conversation_id):
             return None  # no such id can exist (and PostgreSQL refuses NUL in text)
         found = await self._load(conversation_id, owner)
         if found is None or found.locked_by is None or self.leases is None:
@@ -250,7 +253,7 @@ class Store:
     async def _owned(
         self, session: AsyncSession, conversation_id: str, owner: str | None
     ) -> Conversation | None:
-        if not CONVERSATION_ID.match(conversation_id):
+        if not STORED_ID.match(conversation_id):
             return None
         query = select(Conversation).where(Conversation.id == conversation_id)
         if owner is not None:
@@ -841,7 +844,7 @@ def _decode_cursor(cursor: str) -> tuple[datetime, str]:
         # Only what this server could have written: a UTC time the databases can hold, and
         # an id of the well-formed kind (PostgreSQL refuses NUL in text, for one).
         when = when.astimezone(UTC) if when.tzinfo else when.replace(tzinfo=UTC)
-        if not isinstance(conversation_id, str) or not CONVERSATION_ID.match(conversation_id):
+        if not isinstance(conversation_id, str) or not STORED_ID.match(conversation_id):
             raise ValueError(conversation_id)
         return when, conversation_id
     except (ValueError, TypeError, OverflowError, orjson.JSONDecodeError):

@@ -10,6 +10,8 @@ from sqlalchemy.engine import Dialect
 from sqlalchemy.orm import DeclarativeBase, Mapped, mapped_column, relationship
 from sqlalchemy.types import TypeDecorator
 
+from .conversation_ids import STORED_ID_LENGTH
+
 
 class UTCDateTime(TypeDecorator[datetime]):
     """Times stored in UTC and read back as aware datetimes, on SQLite too (it keeps no zone)."""
@@ -39,7 +41,9 @@ class Conversation(Base):
 
     __tablename__ = "conversations"
 
-    id: Mapped[str] = mapped_column(String(100), primary_key=True)
+    # In its owner's namespace (conversation_ids.py): `{namespace}.{the client's id}`; a bare
+    # id for a conversation stored before revision 0005.
+    id: Mapped[str] = mapped_column(String(STORED_ID_LENGTH), primary_key=True)
     owner: Mapped[str] = mapped_column(String(200))
     title: Mapped[str] = mapped_column(String(200), default="")
     model: Mapped[str | None] = mapped_column(String(200))

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Query, Request, Response
 from pydantic import BaseModel, ConfigDict, Field
 
 from ..bodies import read_body
+from ..conversation_ids import lookup_ids, shown_id
 from ..errors import FieldProblem, InvalidField, NotFound
 from ..openapi import body
 from ..principals import principal_of
@@ -29,9 +30,11 @@ class ConversationPatch(BaseModel):
     metadata: dict[str, Any] | None = None
 
 
-def summary(conversation: Conversation) -> dict[str, Any]:
+def summary(conversation: Conversation, viewer: str | None = None) -> dict[str, Any]:
+    """`viewer`: the principal reading it, who knows it by its id in their namespace
+    (conversation_ids.py); None (the CLI): the id as stored."""
     return {
-        "id": conversation.id,
+        "id": conversation.id if viewer is None else shown_id(viewer, conversation.id),
         "title": conversation.title,
         "model": conversation.model,
         "metadata": conversation.meta,
@@ -68,8 +71,11 @@ def message_view(message: Message) -> dict[str, Any]:
     return view
 
 
-def full(conversation: Conversation) -> dict[str, Any]:
-    return {**summary(conversation), "messages": [message_view(m) for m in conversation.messages]}
+def full(conversation: Conversation, viewer: str | None = None) -> dict[str, Any]:
+    return {
+        **summary(conversation, viewer),
+        "messages": [message_view(m) for m in conversation.messages],
+    }
 
 
 def _store(request: Request) -> Store:
@@ -83,16 +89,27 @@ async def list_conversations(
     limit: Annotated[int, Query(ge=1, le=100)] = 20,
     cursor: Annotated[str | None, Query(max_length=200)] = None,
 ) -> dict[str, Any]:
-    page = await _store(request).page(principal_of(request).scope, limit, cursor)
-    return {"data": [summary(c) for c in page.conversations], "next_cursor": page.next_cursor}
+    principal = principal_of(request)
+    page = await _store(request).page(principal.scope, limit, cursor)
+    return {
+        "data": [summary(c, principal.id) for c in page.conversations],
+        "next_cursor": page.next_cursor,
+    }
+
+
+# The conversation a caller names is looked for in their namespace, then (a row from before
+# namespaces, or an admin's view of another namespace) under the id itself, owner checked:
+# another owner's conversation and one that does not exist get the same 404.
 
 
 @router.get("/conversations/{conversation_id}", summary="A conversation with its messages")
 async def get_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-    conversation = await _store(request).get(conversation_id, principal_of(request).scope)
-    if conversation is None:
-        raise NotFound(f"Conversation {conversation_id!r} not found")
-    return full(conversation)
+    principal = principal_of(request)
+    for candidate in lookup_ids(principal.id, conversation_id):
+        conversation = await _store(request).get(candidate, principal.scope)
+        if conversation is not None:
+            return full(conversation, principal.id)
+    raise NotFound(f"Conversation {conversation_id!r} not found")
 
 
 @router.patch(
@@ -103,19 +120,23 @@ async def get_conversation(request: Request, conversation_id: str) -> dict[str, 
 async def patch_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
     settings: Settings = request.app.state.settings
     patch = validate_json(await read_body(request, settings.max_body_bytes), ConversationPatch)
-    conversation = await _store(request).update(
-        conversation_id, principal_of(request).scope, title=patch.title, metadata=patch.metadata
-    )
-    if conversation is None:
-        raise NotFound(f"Conversation {conversation_id!r} not found")
-    return full(conversation)
+    principal = principal_of(request)
+    for candidate in lookup_ids(principal.id, conversation_id):
+        conversation = await _store(request).update(
+            candidate, principal.scope, title=patch.title, metadata=patch.metadata
+        )
+        if conversation is not None:
+            return full(conversation, principal.id)
+    raise NotFound(f"Conversation {conversation_id!r} not found")
 
 
 @router.delete("/conversations/{conversation_id}", status_code=204, summary="Delete a conversation")
 async def delete_conversation(request: Request, conversation_id: str) -> Response:
-    if not await _store(request).delete(conversation_id, principal_of(request).scope):
-        raise NotFound(f"Conversation {conversation_id!r} not found")
-    return Response(status_code=204)
+    principal = principal_of(request)
+    for candidate in lookup_ids(principal.id, conversation_id):
+        if await _store(request).delete(candidate, principal.scope):
+            return Response(status_code=204)
+    raise NotFound(f"Conversation {conversation_id!r} not found")
 
 
 def _bound(value: str | None, name: str, end: bool) -> datetime | None:
