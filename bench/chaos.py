@@ -82,6 +82,7 @@ from typing import Any
 import httpx
 
 from chaos_upstream import ReplySpec  # a sibling script: bench/ is on sys.path
+from relay_bench import git_commit
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
@@ -1312,19 +1313,6 @@ def server_logs(paths: list[Path]) -> dict[str, Any]:
         "tracebacks": tracebacks,
         "warnings_and_errors": dict(messages.most_common(15)),
     }
-
-
-def git_commit() -> str:
-    try:
-        head = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        dirty = subprocess.run(
-            ["git", "status", "--porcelain", "--", "src"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-        return head + (" (+ uncommitted changes in src/)" if dirty else "")
-    except OSError:
-        return "?"
 
 
 def report(

@@ -85,6 +85,12 @@ async def read_all(
         return source.response, [event async for event in source.aiter_sse()]
 
 
+async def finished_stream(client: httpx.AsyncClient, url: str) -> tuple[list[ServerSentEvent], str]:
+    """A whole reply read to its end: its frames and its stream id."""
+    async with aconnect_sse(client, "POST", f"{url}/ai/stream/chat", json=LONG) as source:
+        return [event async for event in source.aiter_sse()], source.response.headers["x-stream-id"]
+
+
 async def full_reply(client: httpx.AsyncClient, url: str) -> str:
     async with aconnect_sse(client, "POST", f"{url}/ai/stream/chat", json=LONG) as source:
         return content([event async for event in source.aiter_sse()])
@@ -113,9 +119,7 @@ async def test_resume_after_the_stream_finished_and_with_the_after_parameter(
     client: httpx.AsyncClient, cluster_factory: Callable[..., Any]
 ) -> None:
     cluster = await cluster_factory(provider="mock")
-    async with aconnect_sse(client, "POST", f"{cluster.a}/ai/stream/chat", json=LONG) as source:
-        everything = [event async for event in source.aiter_sse()]
-        stream_id = source.response.headers["x-stream-id"]
+    everything, stream_id = await finished_stream(client, cluster.a)
     _, replay = await read_all(client, "GET", f"{cluster.b}/ai/stream/{stream_id}?after=3")
     _, whole = await read_all(client, "GET", f"{cluster.b}/ai/stream/{stream_id}")
     assert [e.id for e in replay] == [e.id for e in everything[3:]]
@@ -127,9 +131,7 @@ async def test_a_resume_past_the_end_of_a_finished_stream_says_so(
 ) -> None:
     """Not an empty 200 without `[DONE]`, which a client reads as a cut and retries."""
     cluster = await cluster_factory(provider="mock")
-    async with aconnect_sse(client, "POST", f"{cluster.a}/ai/stream/chat", json=LONG) as source:
-        everything = [event async for event in source.aiter_sse()]
-        stream_id = source.response.headers["x-stream-id"]
+    everything, stream_id = await finished_stream(client, cluster.a)
     last = int(everything[-1].id)
     url = f"{cluster.b}/ai/stream/{stream_id}"
     past = await client.get(url, headers={"last-event-id": str(last + 5)})

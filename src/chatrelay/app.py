@@ -31,7 +31,7 @@ from .outages import storage_outage
 from .quotas import LimitExceeded, Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
 from .routes import chat, conversations, health, me, openai, page, streams
-from .routes.errors import error_response, openai_error_response
+from .routes.errors import error_response_for
 from .routing import Router
 from .schemas import problems_from
 from .settings import Settings
@@ -242,9 +242,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def _install_error_handlers(app: FastAPI) -> None:
     def respond(request: Request, exc: ChatRelayError) -> JSONResponse:
-        if request.url.path.startswith("/v1/"):
-            return openai_error_response(exc)
-        return error_response(exc)
+        return error_response_for(request.url.path, exc)
 
     @app.exception_handler(ChatRelayError)
     async def relay_error(request: Request, exc: ChatRelayError) -> JSONResponse:

@@ -19,6 +19,7 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
+from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id
@@ -223,6 +224,13 @@ def _header(scope: Scope, name: bytes) -> str | None:
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
 
 
+def _error(path: str, exc: ChatRelayError) -> Response:
+    """The surface's error response (imported late: routes import this module's neighbours)."""
+    from .routes.errors import error_response_for
+
+    return error_response_for(path, exc)
+
+
 def _not_json(scope: Scope) -> UnsupportedMediaType | None:
     """Every body this API takes is JSON. A form or `text/plain` body is what any web page can
     make a visitor's browser send cross-site without a CORS preflight, spending the operator's
@@ -291,11 +299,7 @@ class AccessMiddleware:
                 if outage is None:
                     raise
                 log.warning("%s: %s on %s", outage.code, type(exc).__name__, scope["path"])
-                from .routes.errors import error_response, openai_error_response
-
-                v1 = scope["path"].startswith("/v1/")
-                response = (openai_error_response if v1 else error_response)(outage)
-                await response(scope, receive, send_with_id)
+                await _error(scope["path"], outage)(scope, receive, send_with_id)
 
         tracer = getattr(scope["app"].state, "tracer", None)
         if tracer is None:
@@ -323,10 +327,7 @@ class AccessMiddleware:
     ) -> None:
         path: str = scope["path"]
         if (refused := _not_json(scope)) is not None:
-            from .routes.errors import error_response, openai_error_response
-
-            respond = openai_error_response if path.startswith("/v1/") else error_response
-            await respond(refused)(scope, receive, send)
+            await _error(path, refused)(scope, receive, send)
             return
         authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
         if authenticator is not None and authenticator.open:
@@ -344,9 +345,6 @@ class AccessMiddleware:
             needs_auth = not authenticator.has_metrics_token(scope)
         if needs_auth:
             assert authenticator is not None
-            from .routes.errors import error_response, openai_error_response
-
-            respond = openai_error_response if path.startswith("/v1/") else error_response
             try:
                 principal = await authenticator.principal(scope)
                 if operator and not principal.admin:
@@ -356,12 +354,12 @@ class AccessMiddleware:
                     )
                 state["principal"] = principal
             except Unauthorized as exc:
-                response = respond(exc)
+                response = _error(path, exc)
                 response.headers["www-authenticate"] = "Bearer"
                 await response(scope, receive, send)
                 return
             except Forbidden as exc:
-                await respond(exc)(scope, receive, send)
+                await _error(path, exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

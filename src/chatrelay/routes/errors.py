@@ -83,3 +83,8 @@ def openai_error_body(exc: ChatRelayError) -> dict[str, Any]:
 def openai_error_response(exc: ChatRelayError) -> JSONResponse:
     """OpenAI's error shape, which its SDKs parse: `{"error": {message, type, param, code}}`."""
     return JSONResponse(openai_error_body(exc), status_code=exc.status, headers=_headers(exc))
+
+
+def error_response_for(path: str, exc: ChatRelayError) -> JSONResponse:
+    """The error in the shape of the surface `path` belongs to: OpenAI's under /v1/."""
+    return openai_error_response(exc) if path.startswith("/v1/") else error_response(exc)
