@@ -92,3 +92,19 @@ async def test_a_reply_streaming_longer_than_the_deadline_is_not_cut(server: int
     assert text.rstrip().endswith("data: [DONE]")
     assert '"error"' not in text
     assert again.status_code == 200
+
+
+async def test_the_408_survives_a_client_still_sending_after_the_deadline(server: int) -> None:
+    # Bytes that reach a closed socket are answered with a reset, which can discard the 408
+    # before the client reads it; the server lingers so that the client reads the answer.
+    reader, writer = await asyncio.open_connection("127.0.0.1", server)
+    try:
+        writer.write(b"POST /ai/stream/chat HTTP/1.1\r\nhost: x\r\n")
+        await asyncio.sleep(TIMEOUT_S + 0.5)
+        for _ in range(5):
+            writer.write(b"x-drip: 1\r\n")
+            await asyncio.sleep(0.05)
+        answer = await asyncio.wait_for(reader.read(), 5)
+        assert answer.startswith(b"HTTP/1.1 408"), answer[:80]
+    finally:
+        writer.close()

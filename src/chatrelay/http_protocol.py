@@ -7,6 +7,11 @@ its first byte, and a new connection its first request within the same time; oth
 answered 408 (when nothing was sent yet) and closed. A reply being streamed is not limited:
 the deadline ends when the request's body is complete.
 
+The close lingers (as nginx's `lingering_close` does): the 408 is followed by a half-close,
+and what the client still sends is read and dropped for a moment before the socket closes.
+Closing at once with unread bytes in the socket makes the kernel answer with a reset, and a
+reset can discard the 408 before the client has read it.
+
 This subclasses uvicorn's protocol class (`uvicorn.protocols.http.httptools_impl`), which
 `uvicorn.Config(http=...)` accepts as a documented option; the hooks used (`connection_made`,
 `connection_lost`, the parser's `on_message_begin` and `on_message_complete`) are the
@@ -25,6 +30,7 @@ _TIMEOUT_BODY = (
     b'{"error": {"code": "request_timeout", "message": "The request did not arrive in time'
     b' (CHATRELAY_REQUEST_TIMEOUT_S)"}}'
 )
+_LINGER_S = 2.0
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"
     b"content-length: %d\r\n\r\n%s" % (len(_TIMEOUT_BODY), _TIMEOUT_BODY)
@@ -37,6 +43,7 @@ class DeadlineProtocol(HttpToolsProtocol):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._deadline: asyncio.TimerHandle | None = None
+        self._lingering = False
 
     def connection_made(self, transport: asyncio.Transport) -> None:  # type: ignore[override]
         super().connection_made(transport)
@@ -45,6 +52,10 @@ class DeadlineProtocol(HttpToolsProtocol):
     def connection_lost(self, exc: Exception | None) -> None:
         self._disarm()
         super().connection_lost(exc)
+
+    def data_received(self, data: bytes) -> None:
+        if not self._lingering:
+            super().data_received(data)
 
     def on_message_begin(self) -> None:
         super().on_message_begin()
@@ -68,9 +79,13 @@ class DeadlineProtocol(HttpToolsProtocol):
         if self.transport.is_closing():
             return
         cycle = self.cycle
-        if cycle is None or not cycle.response_started:
-            self.transport.write(_TIMEOUT_RESPONSE)
-        self.transport.close()
+        if cycle is not None and cycle.response_started:
+            self.transport.close()
+            return
+        self._lingering = True
+        self.transport.write(_TIMEOUT_RESPONSE)
+        self.transport.write_eof()
+        self.loop.call_later(_LINGER_S, self.transport.close)
 
 
 def deadline_protocol(request_timeout_s: float) -> type[DeadlineProtocol]:
