@@ -385,21 +385,15 @@ class ChatService:
         targets = self.router.targets(request.model)
         primary = targets[0]
         self.limits.check(request, primary.spec)
-        if (
-            request.temperature is not None
-            and request.temperature > 1
-            and primary.spec.provider == "anthropic"
-        ):
-            # Claude takes 0 to 1 (OpenAI-compatible models 0 to 2, which the schema allows).
-            why = f"must be at most 1 for model {primary.spec.alias!r}: Claude models take 0 to 1"
-            raise InvalidField([FieldProblem("temperature", why)])
+        if request.temperature is not None:
+            primary.provider.check_temperature(request.temperature, primary.spec.alias)
         if request.has_images:
             if not primary.spec.accepts_images:
                 raise Unsupported(
                     "messages", f"model {primary.spec.alias!r} does not accept images"
                 )
             targets = [t for t in targets if t.spec.accepts_images]
-        plan = [(target, self._params(request, target.spec)) for target in targets]
+        plan = [(t, t.provider.adapt(self._params(request, t.spec))) for t in targets]
         params = plan[0][1]
         primary.provider.check(params)
         warnings = self._warnings(request, primary.spec) + primary.provider.warnings(params)
@@ -498,8 +492,6 @@ class ChatService:
             thinking = {"type": "adaptive"}
         elif request.thinking:
             thinking = request.thinking.model_dump(exclude_none=True)
-        if temperature is not None and spec.provider == "anthropic":
-            temperature = min(temperature, 1.0)  # a fallback Claude model after an OpenAI one
         return ChatParams(
             model=spec.model,
             messages=[m.model_dump(mode="json", exclude_none=True) for m in request.messages],

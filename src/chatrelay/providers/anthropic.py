@@ -21,6 +21,7 @@ Facts this module is built on (measured on anthropic 2.12, see docs/ARCHITECTURE
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import AsyncGenerator
 from datetime import UTC, datetime
@@ -32,6 +33,8 @@ import orjson
 
 from .. import catalog
 from ..errors import (
+    FieldProblem,
+    InvalidField,
     UpstreamAuthError,
     UpstreamError,
     UpstreamFailed,
@@ -55,6 +58,9 @@ from .sdk import (
 from .sse_decoder import SSEDecoder
 
 log = logging.getLogger("chatrelay.providers.anthropic")
+
+# Claude takes a temperature of 0 to 1 (OpenAI-compatible models 0 to 2, which the schema allows).
+MAX_TEMPERATURE = 1.0
 
 _BY_TYPE: dict[str, type[UpstreamError]] = {
     "overloaded_error": UpstreamOverloaded,
@@ -148,6 +154,16 @@ class AnthropicProvider:
 
     def check(self, params: ChatParams) -> None:
         return None
+
+    def check_temperature(self, temperature: float, alias: str) -> None:
+        if temperature > MAX_TEMPERATURE:
+            why = f"must be at most 1 for model {alias!r}: Claude models take 0 to 1"
+            raise InvalidField([FieldProblem("temperature", why)])
+
+    def adapt(self, params: ChatParams) -> ChatParams:
+        if params.temperature is not None and params.temperature > MAX_TEMPERATURE:
+            return dataclasses.replace(params, temperature=MAX_TEMPERATURE)
+        return params
 
     def warnings(self, params: ChatParams) -> list[str]:
         today = datetime.now(UTC).date()

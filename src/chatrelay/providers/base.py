@@ -42,6 +42,16 @@ class Provider(Protocol):
         """Raise a `RequestError` for a request this provider cannot serve, before streaming."""
         ...
 
+    def check_temperature(self, temperature: float, alias: str) -> None:
+        """Raise `InvalidField` (naming `temperature`) for a temperature the client asked of
+        `alias` that this provider's models do not take, whether or not it would be sent."""
+        ...
+
+    def adapt(self, params: ChatParams) -> ChatParams:
+        """`params` brought into the ranges this provider's models take (a fallback gets what
+        the client asked of another model, e.g. a temperature above Claude's 1)."""
+        ...
+
     def warnings(self, params: ChatParams) -> list[str]:
         """Notes for the client about its request (e.g. a deprecated model)."""
         ...

@@ -136,6 +136,12 @@ class MockProvider:
         """Reject bad `metadata.mock` before the stream starts."""
         mock_options(params.metadata)
 
+    def check_temperature(self, temperature: float, alias: str) -> None:
+        return None  # any the request schema allows
+
+    def adapt(self, params: ChatParams) -> ChatParams:
+        return params
+
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
         options = mock_options(params.metadata)
         delay = self._delay_s if options.delay_s is None else options.delay_s

@@ -135,6 +135,12 @@ class OpenAIProvider:
     def check(self, params: ChatParams) -> None:
         return None
 
+    def check_temperature(self, temperature: float, alias: str) -> None:
+        return None  # 0 to 2, as the request schema allows
+
+    def adapt(self, params: ChatParams) -> ChatParams:
+        return params
+
     def warnings(self, params: ChatParams) -> list[str]:
         if params.top_k is not None and self._official:
             return ["top_k is not supported by the OpenAI API and was not sent"]
