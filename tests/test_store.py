@@ -376,6 +376,38 @@ async def test_a_cancelled_caller_does_not_cancel_the_write_of_its_reply(store: 
     assert [m.content for m in stored.messages] == ["q", "kept"]
 
 
+@pytest.mark.parametrize("create", [True, False])
+async def test_a_caller_that_leaves_while_its_turn_is_locking_leaves_no_lock(
+    store: Store, create: bool
+) -> None:
+    """A request cut while its turn's write is in flight (the client gone): the write may
+    commit all the same, and then the turn is ended at once, not left locked by nobody."""
+    if not create:
+        await start(store, "c1", stream_id="s0", messages=[user("q")])
+        await store.end_turn("c1", reply("s0", "a"))
+    opening = asyncio.ensure_future(
+        start(store, "c1", stream_id="s1", messages=[user("cut")], create=create)
+    )
+    await asyncio.sleep(0)  # the write is queued, maybe on its way to the database
+    opening.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await opening
+    for _ in range(200):  # the write goes on after its caller left: wait for its end
+        found = await store.get("c1", None)
+        last = found.messages[-1] if found is not None else None
+        if last is not None and last.stream_id == "s1" and last.role == "assistant":
+            break
+        await asyncio.sleep(0.01)
+    stored = await conversation(store, "c1")
+    assert stored.locked_by is None
+    # No two user messages in a row: the cut turn has its (empty) interrupted reply.
+    assert [(m.role, m.end_reason) for m in stored.messages[-2:]] == [
+        ("user", None),
+        ("assistant", "interrupted"),
+    ]
+    await start(store, "c1", stream_id="s2", messages=[user("next")], create=False)
+
+
 async def test_a_transaction_that_fails_halfway_leaves_nothing_behind(store: Store) -> None:
     """Writes are atomic on both databases: nothing of a transaction that failed is stored."""
     with pytest.raises(RuntimeError):

@@ -11,6 +11,7 @@ import base64
 import logging
 import re
 import uuid
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Any, Protocol
@@ -148,8 +149,11 @@ class Store:
         self.leases = leases
         # PostgreSQL instances may run on several hosts: their heartbeats use its clock.
         self._db_clock = engine.dialect.name == "postgresql"
+        self._orphans: set[asyncio.Task[None]] = set()  # unlocking turns whose caller left
 
     async def close(self) -> None:
+        if self._orphans:
+            await asyncio.wait(self._orphans)
         await self._writes.aclose()
         await self.engine.dispose()
 
@@ -348,7 +352,7 @@ class Store:
         # Core statements, not the ORM, in one synchronous block, committed together with the
         # other turn writes of the moment: this runs once per stream, before its first token.
         try:
-            return await self._writes.run(write)
+            return await self._lock(write, conversation_id, stream_id, model)
         except _Held as busy:
             held = busy
         if not await self._dead(held):
@@ -360,7 +364,45 @@ class Store:
             held.owner,
             extra={"conversation_id": conversation_id, "stream_id": stream_id},
         )
-        return await self._writes.run(lambda connection, alone: write(connection, alone, held))
+        return await self._lock(
+            lambda connection, alone: write(connection, alone, held),
+            conversation_id,
+            stream_id,
+            model,
+        )
+
+    async def _lock(
+        self,
+        write: Callable[[Connection, bool], int],
+        conversation_id: str,
+        stream_id: str,
+        model: str,
+    ) -> int:
+        """Run a turn's locking write. A caller that leaves meanwhile (a client gone, a
+        request cut) does not stop it: it may commit all the same, and then nobody would ever
+        end that turn, so once it has committed it is ended here, as an abandoned one."""
+        writing = asyncio.ensure_future(self._writes.run(write))
+        try:
+            return await asyncio.shield(writing)
+        except asyncio.CancelledError:
+            writing.add_done_callback(
+                lambda done: self._orphaned(done, conversation_id, stream_id, model)
+            )
+            raise
+
+    def _orphaned(
+        self, writing: asyncio.Future[int], conversation_id: str, stream_id: str, model: str
+    ) -> None:
+        if writing.cancelled() or writing.exception() is not None:
+            return  # nothing was locked
+        unlocking = asyncio.ensure_future(self.abandon_turn(conversation_id, stream_id, model))
+        self._orphans.add(unlocking)
+        unlocking.add_done_callback(self._unlocked)
+
+    def _unlocked(self, unlocking: asyncio.Task[None]) -> None:
+        self._orphans.discard(unlocking)
+        if not unlocking.cancelled() and (error := unlocking.exception()) is not None:
+            log.error("could not unlock an abandoned turn: %r", error)
 
     async def _dead(self, held: _Held) -> bool:
         """Whether nobody will ever end the turn holding this lock."""
