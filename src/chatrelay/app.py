@@ -102,7 +102,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 redis = Redis.from_pool(pool)  # owns it: aclose() closes its connections
                 stack.push_async_callback(redis.aclose)
-                await redis.ping()
+                # Not pinged: an instance may start before Redis. Until Redis answers, /readyz
+                # is 503 and what needs Redis is 503 storage_unavailable; the event log's loops
+                # (lease, Stop channel, copier) take over once it does, logging the outage once.
             instance = instance_id()
             counters: MemoryCounters | RedisCounters = MemoryCounters()
             if redis is not None:

@@ -162,7 +162,10 @@ def upgrade_in_child(url: str) -> None:
     )
     if done.returncode != 0:
         lines = done.stderr.strip().splitlines() or [f"exit status {done.returncode}"]
-        raise ConfigError(f"could not migrate the database: {lines[-1]}")
+        # One line, naming DATABASE_URL (the child's own "Error: " prefix dropped: the CLI
+        # adds its own).
+        reason = lines[-1].removeprefix("Error: ")
+        raise ConfigError(f"could not migrate the database: {reason}")
 
 
 async def _at_head(engine: AsyncEngine) -> bool:

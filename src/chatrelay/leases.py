@@ -14,6 +14,9 @@ nobody will ever end that turn, and the lock is taken over at once (`Store.begin
   renewed every `DB_RENEW_S` through the group commit (one small update), dead after
   `DB_LEASE_S` of silence, deleted on a clean stop.
 
+An instance started while Redis is unreachable starts anyway: its lease is written, and its
+previous life ended, as soon as Redis answers (the event log's lease loop, and a task here).
+
 An instance started with a name (`CHATRELAY_INSTANCE_NAME`; `chatrelay serve` uses the host
 name and port) also ends its previous life at start: the Redis lease, or the row, of the
 instance that last ran under that name is deleted, so a crashed instance that is restarted
@@ -44,6 +47,11 @@ NAME_TTL_S = 7 * 86_400
 CONFIRM_S = 1.2
 # How long the mark of an instance replaced by a restart under its name is kept.
 GONE_TTL_S = 3600
+# At start, how long Redis may take to answer before the previous life is ended in the
+# background instead (retried every RETRY_BASE_S, doubling up to RETRY_CAP_S).
+START_TIMEOUT_S = 2.0
+RETRY_BASE_S = 0.1
+RETRY_CAP_S = 1.0
 
 
 class RedisLeases:
@@ -54,6 +62,8 @@ class RedisLeases:
         self._redis = redis
         self._prefix = prefix
         self._name = name
+        self._task: asyncio.Task[None] | None = None
+        self._previous: str | None = None  # the instance this one replaces under its name
 
     def _lease(self, instance: str) -> str:
         return f"{self._prefix}:i:{instance}"  # the key eventlogs/redis.py renews
@@ -62,21 +72,56 @@ class RedisLeases:
         return f"{self._prefix}:gone:{instance}"
 
     async def start(self) -> None:
+        """End the previous instance of this name; with Redis unreachable (this instance may
+        start before it), in the background once Redis answers, so serving does not wait."""
+        from redis.exceptions import RedisError
+
         if self._name is None:
             return
-        key = f"{self._prefix}:n:{self._name}"
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.getset(key, self.instance)  # SET ... GET needs Redis 6.2; GETSET works on all
-            pipe.expire(key, NAME_TTL_S)
-            previous, _ = await pipe.execute()
-        if previous is not None:
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await self._replace_previous()
+        except (RedisError, OSError) as exc:  # (TimeoutError is an OSError)
+            log.info(
+                "the previous instance named %s is ended once Redis answers (%s now)",
+                self._name,
+                type(exc).__name__,
+            )
+            self._task = asyncio.get_running_loop().create_task(
+                self._replace_later(), name="chatrelay-name-lease"
+            )
+
+    async def _replace_later(self) -> None:
+        from redis.exceptions import RedisError
+
+        delay = RETRY_BASE_S
+        while True:
+            await asyncio.sleep(delay)
+            try:
+                await self._replace_previous()
+                return
+            except (RedisError, OSError):
+                delay = min(RETRY_CAP_S, delay * 2)  # the event log reports the outage
+
+    async def _replace_previous(self) -> None:
+        assert self._name is not None
+        if self._previous is None:
+            key = f"{self._prefix}:n:{self._name}"
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.getset(key, self.instance)  # SET ... GET needs Redis 6.2; GETSET: all
+                pipe.expire(key, NAME_TTL_S)
+                previous, _ = await pipe.execute()
+            if previous is None:
+                return
             previous = previous.decode() if isinstance(previous, bytes) else str(previous)
-            if previous != self.instance:
-                async with self._redis.pipeline(transaction=True) as pipe:
-                    pipe.set(self._gone(previous), b"1", ex=GONE_TTL_S)
-                    pipe.delete(self._lease(previous))
-                    await pipe.execute()
-                log.info("instance %s replaces %s (named %s)", self.instance, previous, self._name)
+            if previous == self.instance:
+                return
+            self._previous = previous  # (kept, should the next step fail and be tried again)
+        async with self._redis.pipeline(transaction=True) as pipe:
+            pipe.set(self._gone(self._previous), b"1", ex=GONE_TTL_S)
+            pipe.delete(self._lease(self._previous))
+            await pipe.execute()
+        log.info("instance %s replaces %s (named %s)", self.instance, self._previous, self._name)
 
     async def alive(self, instance: str) -> bool:
         from redis.exceptions import RedisError
@@ -95,7 +140,11 @@ class RedisLeases:
             return True
 
     async def close(self) -> None:
-        return None  # the event log deletes the lease itself
+        # The event log deletes the lease itself.
+        if self._task is not None:
+            self._task.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._task
 
 
 class DatabaseLeases:

@@ -41,6 +41,7 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..errors import StorageUnavailable
+from ..outages import storage_outage
 from ..sse import DONE_SUFFIX, cancelled_frames
 from . import StreamInfo
 from .memory import MemoryEventLog
@@ -120,6 +121,9 @@ redis.call('EXPIRE', stream, ttl)
 return top
 """
 COPY_SHA = hashlib.sha1(COPY_SCRIPT.encode()).hexdigest()
+
+# How long starting waits for Redis before it goes on without it (its loops then reconnect).
+START_TIMEOUT_S = 2.0
 
 # What a failed Redis call raises: the client's errors, and the socket's own.
 FAILURES = (RedisError, OSError)
@@ -215,10 +219,18 @@ class RedisEventLog:
     # -- writing -----------------------------------------------------------------------------
     async def create(self, stream_id: str, owner: str) -> None:
         meta = self._meta(stream_id)
-        async with self._redis.pipeline(transaction=True) as pipe:
-            pipe.hset(meta, mapping={"owner": owner, "instance": self.instance, "finished": "0"})
-            pipe.expire(meta, RUNNING_TTL_S)
-            await pipe.execute()
+        try:
+            async with self._redis.pipeline(transaction=True) as pipe:
+                pipe.hset(
+                    meta, mapping={"owner": owner, "instance": self.instance, "finished": "0"}
+                )
+                pipe.expire(meta, RUNNING_TTL_S)
+                await pipe.execute()
+        except FAILURES as exc:
+            # A ChatRelayError, so the route ends the turn it began (unlocks the conversation).
+            if (outage := storage_outage(exc)) is None:
+                raise
+            raise outage from exc
         await self._local.create(stream_id, owner)
         self._copied[stream_id] = 0
 
@@ -575,7 +587,14 @@ class RedisEventLog:
         return None
 
     async def start(self, on_control: Callable[[str, str], Awaitable[str | None]]) -> None:
-        await self._redis.set(self._lease(self.instance), b"1", px=LEASE_MS)
+        started = time.monotonic()
+        try:
+            async with asyncio.timeout(START_TIMEOUT_S):
+                await self._redis.set(self._lease(self.instance), b"1", px=LEASE_MS)
+        except FAILURES as exc:  # (TimeoutError is an OSError)
+            # Started before Redis: serve anyway (what needs Redis answers 503 meanwhile);
+            # the loops below write the lease and subscribe as soon as Redis answers.
+            self._outage.failed(started, "at startup", exc)
         loop = asyncio.get_running_loop()
         self._tasks = [
             loop.create_task(self._renew_lease(), name="chatrelay-lease"),
