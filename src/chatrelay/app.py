@@ -19,7 +19,7 @@ from .chat import ChatService, InputLimits
 from .context import request_id
 from .conversations import Conversations
 from .db import create_engine, upgrade
-from .errors import ChatRelayError, InternalError, InvalidField, RequestError
+from .errors import ChatRelayError, InternalError, InvalidField, LimitExceeded
 from .eventlogs.factory import instance_id, open_event_log
 from .jwks import JwksKeys
 from .keys import ApiKeys
@@ -28,10 +28,10 @@ from .logs import hide_secrets
 from .metrics import Metrics
 from .models import models_config
 from .outages import storage_outage
-from .quotas import LimitExceeded, Limits, MemoryCounters, Quotas, RedisCounters
+from .quotas import Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
 from .routes import chat, conversations, health, me, openai, page, streams
-from .routes.errors import error_response_for
+from .routes.errors import error_response_for, framework_error
 from .routing import Router
 from .schemas import problems_from
 from .settings import Settings
@@ -267,9 +267,4 @@ def _install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(HTTPException)
     async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
-        code = {404: "not_found", 405: "method_not_allowed"}.get(exc.status_code, "http_error")
-        error = RequestError(str(exc.detail))
-        error.code, error.status = code, exc.status_code
-        response = respond(request, error)
-        response.headers.update(exc.headers or {})
-        return response
+        return respond(request, framework_error(exc))

@@ -19,16 +19,16 @@ import uuid
 from collections.abc import Iterable
 from typing import Any
 
-from starlette.responses import Response
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id
-from .errors import ChatRelayError, ConfigError, Forbidden, UnsupportedMediaType
+from .errors import ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
 from .jwks import JwksKeys, UnknownSigningKey
 from .keys import ApiKeys
 from .outages import storage_outage
 from .principals import PUBLIC, Principal
 from .quotas import Limits
+from .routes.errors import error_response_for
 
 log = logging.getLogger("chatrelay.auth")
 access_log = logging.getLogger("chatrelay.access")
@@ -63,13 +63,6 @@ def access_modes(auth: list[str] | None, *, paid: bool, jwt_configured: bool) ->
             " can spend its provider credits. Limits: CHATRELAY_LIMITS_PUBLIC. !!!"
         )
     return modes
-
-
-class Unauthorized(ChatRelayError):
-    """The request carries no acceptable credentials."""
-
-    code = "unauthorized"
-    status = 401
 
 
 class Authenticator:
@@ -224,13 +217,6 @@ def _header(scope: Scope, name: bytes) -> str | None:
 _JSON_TYPE = re.compile(r"^application/(?:[\w.+-]+\+)?json\s*(?:;|$)", re.IGNORECASE)
 
 
-def _error(path: str, exc: ChatRelayError) -> Response:
-    """The surface's error response (imported late: routes import this module's neighbours)."""
-    from .routes.errors import error_response_for
-
-    return error_response_for(path, exc)
-
-
 def _not_json(scope: Scope) -> UnsupportedMediaType | None:
     """Every body this API takes is JSON. A form or `text/plain` body is what any web page can
     make a visitor's browser send cross-site without a CORS preflight, spending the operator's
@@ -299,7 +285,7 @@ class AccessMiddleware:
                 if outage is None:
                     raise
                 log.warning("%s: %s on %s", outage.code, type(exc).__name__, scope["path"])
-                await _error(scope["path"], outage)(scope, receive, send_with_id)
+                await error_response_for(scope["path"], outage)(scope, receive, send_with_id)
 
         tracer = getattr(scope["app"].state, "tracer", None)
         if tracer is None:
@@ -327,7 +313,7 @@ class AccessMiddleware:
     ) -> None:
         path: str = scope["path"]
         if (refused := _not_json(scope)) is not None:
-            await _error(path, refused)(scope, receive, send)
+            await error_response_for(path, refused)(scope, receive, send)
             return
         authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
         if authenticator is not None and authenticator.open:
@@ -353,13 +339,8 @@ class AccessMiddleware:
                         " CHATRELAY_METRICS_TOKEN as the bearer token"
                     )
                 state["principal"] = principal
-            except Unauthorized as exc:
-                response = _error(path, exc)
-                response.headers["www-authenticate"] = "Bearer"
-                await response(scope, receive, send)
-                return
-            except Forbidden as exc:
-                await _error(path, exc)(scope, receive, send)
+            except (Unauthorized, Forbidden) as exc:
+                await error_response_for(path, exc)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

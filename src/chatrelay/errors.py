@@ -1,36 +1,71 @@
-"""One exception tree for the whole service, mapped to HTTP statuses and stream error codes here.
+"""One exception tree for every error the service raises on purpose: each class declares its
+HTTP status, its machine code and the headers it implies (`headers()`, from its own fields).
 
-    ChatRelayError
-    ├── ConfigError                 the server cannot start with these settings
-    ├── InternalError               a bug: the details go to the log, never to the client
-    ├── RequestError                the client's request is wrong (HTTP 4xx, before any stream)
-    │   ├── MalformedJSON
-    │   ├── BodyTooLarge
-    │   ├── InvalidField
-    │   ├── UnknownModel
-    │   ├── ModelUnavailable
-    │   ├── Unsupported
-    │   ├── NotFound
-    │   ├── MethodNotAllowed
-    │   ├── ConversationBusy
-    │   ├── ServerRestarting
-    │   └── StopUnconfirmed
-    └── UpstreamError               the model provider failed (an error frame inside the stream)
-        ├── UpstreamRateLimited     rate_limited
-        ├── UpstreamOverloaded      overloaded
-        ├── UpstreamAuthError       upstream_auth
-        ├── UpstreamRejected        invalid_request
-        ├── UpstreamTimeout         upstream_timeout
-        └── UpstreamFailed          upstream_error
+What an error looks like on the wire is decided once per surface in `error_bodies.py` (the
+project's JSON shape, OpenAI's shape), and turned into an HTTP response in `routes/errors.py`;
+nothing else builds an error body or changes an error's code or status.
+
+    ChatRelayError                  status  code                    headers
+    ├── ConfigError                 500     config                  x-should-retry: false
+    ├── InternalError               500     internal                x-should-retry: false
+    ├── RequestError                422     invalid_request         (the request cannot be
+    │   │                                                            served as sent: 4xx/503,
+    │   │                                                            before any stream)
+    │   ├── MalformedJSON           400     invalid_json
+    │   ├── UnsupportedMediaType    415     unsupported_media_type
+    │   ├── BodyTooLarge            413     body_too_large
+    │   ├── RequestTimeout          408     request_timeout
+    │   ├── InvalidField            422     invalid_request         (fields)
+    │   ├── OverLimit               422     request_over_limit      (fields)
+    │   ├── UnknownModel            400     unknown_model           (fields)
+    │   ├── ModelUnavailable        503     model_unavailable       x-should-retry: false
+    │   ├── Unsupported             400     unsupported             (fields)
+    │   ├── NotFound                404     not_found
+    │   ├── MethodNotAllowed        405     method_not_allowed      Allow
+    │   ├── FrameworkError          (given) http_error              (given)
+    │   ├── Unauthorized            401     unauthorized            WWW-Authenticate: Bearer
+    │   ├── Forbidden               403     forbidden
+    │   ├── LimitExceeded           429     limit_exceeded          Retry-After, X-RateLimit-*
+    │   ├── ConversationBusy        409     conversation_busy
+    │   ├── StreamEnded             416     stream_ended
+    │   ├── StorageUnavailable      503     storage_unavailable     Retry-After, x-should-retry
+    │   ├── ServerRestarting        503     server_restarting       x-should-retry: false
+    │   └── StopUnconfirmed         503     stop_unconfirmed        x-should-retry: false
+    ├── StreamCut                   503     (a stream's last error frame, never a status)
+    │   ├── InstanceLost                    instance_lost
+    │   └── StreamIncomplete                stream_incomplete
+    └── UpstreamError               502     upstream_error          [Retry-After], x-should-retry
+        ├── UpstreamRateLimited     429     rate_limited
+        ├── UpstreamOverloaded      503     overloaded
+        ├── UpstreamAuthError       502     upstream_auth
+        ├── UpstreamRejected        400     invalid_request
+        ├── UpstreamTimeout         504     upstream_timeout
+        └── UpstreamFailed          502     upstream_error
+
+Any 5xx without headers of its own says `x-should-retry: false`: the OpenAI and Anthropic SDKs
+retry every 5xx unless told not to.
 
 Messages of upstream errors are shown to end users, so they never carry upstream text that
 might hold secrets or internals; only `UpstreamRejected` passes the provider's explanation
 through, because it describes the user's own request.
+
+Not in this tree, on purpose: `chatrelay.client`'s exceptions (the client library's own API,
+raised in the client's process), and internal signals that never leave the server
+(`jwks.UnknownSigningKey`, becomes `Unauthorized`; `store.ConversationGone`).
 """
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+
+
+@dataclass(frozen=True, slots=True)
+class FieldProblem:
+    """One invalid field: where it is (e.g. `messages[0].role`) and what is wrong with it."""
+
+    field: str
+    message: str
 
 
 class ChatRelayError(Exception):
@@ -38,10 +73,20 @@ class ChatRelayError(Exception):
 
     code = "internal"
     status = 500
+    # The fields at fault, where the error is about some: the bodies name them.
+    problems: Sequence[FieldProblem] = ()
+    # Seconds until trying again may succeed, where the error knows (a stream's error frame
+    # carries it; the headers say it as Retry-After).
+    retry_after: float | None = None
 
     def __init__(self, message: str) -> None:
         super().__init__(message)
         self.message = message
+
+    def headers(self) -> dict[str, str]:
+        """The HTTP headers this error implies, on every surface."""
+        # The OpenAI and Anthropic SDKs retry every 5xx unless told not to.
+        return {"x-should-retry": "false"} if self.status >= 500 else {}
 
 
 class ConfigError(ChatRelayError):
@@ -86,12 +131,15 @@ class BodyTooLarge(RequestError):
     status = 413
 
 
-@dataclass(frozen=True, slots=True)
-class FieldProblem:
-    """One invalid field: where it is (e.g. `messages[0].role`) and what is wrong with it."""
+class RequestTimeout(RequestError):
+    """The request's head and body did not arrive within CHATRELAY_REQUEST_TIMEOUT_S
+    (answered by the HTTP protocol itself, `http_protocol.py`)."""
 
-    field: str
-    message: str
+    code = "request_timeout"
+    status = 408
+
+    def __init__(self) -> None:
+        super().__init__("The request did not arrive in time (CHATRELAY_REQUEST_TIMEOUT_S)")
 
 
 class InvalidField(RequestError):
@@ -100,6 +148,22 @@ class InvalidField(RequestError):
     def __init__(self, problems: list[FieldProblem]) -> None:
         super().__init__("; ".join(f"{p.field}: {p.message}" for p in problems))
         self.problems = problems
+
+
+class OverLimit(RequestError):
+    """A request larger than a token limit of its caller: no wait would let it through."""
+
+    code = "request_over_limit"
+    status = 422
+
+    def __init__(self, name: str, limit: int, tokens: int) -> None:
+        super().__init__(
+            f"This request needs about {tokens} tokens (its input plus max_tokens), more than"
+            f" your {name} limit of {limit}: lower max_tokens or send less"
+        )
+        self.problems = [
+            FieldProblem("max_tokens", f"{name} is {limit}; this request needs ~{tokens}")
+        ]
 
 
 class UnknownModel(RequestError):
@@ -151,12 +215,67 @@ class MethodNotAllowed(RequestError):
         super().__init__(message)
         self.allow = allow
 
+    def headers(self) -> dict[str, str]:
+        return {"allow": ", ".join(self.allow)}
+
+
+class FrameworkError(RequestError):
+    """An HTTP error Starlette or FastAPI raised itself, with no class of its own here (a
+    404 or a 405 from routing is `NotFound` or `MethodNotAllowed`): its status and headers
+    are the framework's, given once when it is made."""
+
+    code = "http_error"
+
+    def __init__(self, status: int, message: str, headers: Mapping[str, str] | None) -> None:
+        super().__init__(message)
+        self.status = status
+        self._headers = {name.lower(): value for name, value in (headers or {}).items()}
+
+    def headers(self) -> dict[str, str]:
+        return {**super().headers(), **self._headers}
+
+
+class Unauthorized(RequestError):
+    """The request carries no acceptable credentials."""
+
+    code = "unauthorized"
+    status = 401
+
+    def headers(self) -> dict[str, str]:
+        return {"www-authenticate": "Bearer"}
+
 
 class Forbidden(RequestError):
     """The caller is known but may not use this route (an operator route, say)."""
 
     code = "forbidden"
     status = 403
+
+
+class LimitExceeded(RequestError):
+    """A spending limit of the caller was reached; it resets in `retry_after` seconds."""
+
+    code = "limit_exceeded"
+    status = 429
+    retry_after: float
+
+    def __init__(self, name: str, limit: int, reset_s: float) -> None:
+        super().__init__(
+            f"Limit reached: {name} is {limit}; try again in {max(1, round(reset_s))} s"
+        )
+        self.limit_name = name
+        self.limit = limit
+        self.retry_after = reset_s
+
+    def headers(self) -> dict[str, str]:
+        reset = str(max(1, round(self.retry_after)))
+        return {
+            "retry-after": reset,
+            "x-ratelimit-limit": str(self.limit),
+            "x-ratelimit-remaining": "0",
+            "x-ratelimit-reset": reset,
+            "x-ratelimit-scope": self.limit_name,
+        }
 
 
 class ConversationBusy(RequestError):
@@ -190,7 +309,13 @@ class StorageUnavailable(RequestError):
 
     code = "storage_unavailable"
     status = 503
-    retry_after_s = 5
+
+    def __init__(self, message: str, *, retry_after_s: int = 5) -> None:
+        super().__init__(message)
+        self.retry_after_s = retry_after_s
+
+    def headers(self) -> dict[str, str]:
+        return {"retry-after": str(self.retry_after_s), "x-should-retry": "true"}
 
 
 class ServerRestarting(RequestError):
@@ -199,8 +324,10 @@ class ServerRestarting(RequestError):
     code = "server_restarting"
     status = 503
 
-    def __init__(self) -> None:
-        super().__init__("The server is restarting; send the request again in a moment")
+    def __init__(
+        self, message: str = "The server is restarting; send the request again in a moment"
+    ) -> None:
+        super().__init__(message)
 
 
 class StopUnconfirmed(RequestError):
@@ -215,6 +342,32 @@ class StopUnconfirmed(RequestError):
             f"The server generating stream {stream_id!r} did not confirm the stop within"
             f" {wait_s:g} s; the reply may still be running: send the stop again"
         )
+
+
+class StreamCut(ChatRelayError):
+    """A stream cut before its end by the server's side, not the upstream: the last error
+    frame its readers get (the stream has started, so never an HTTP status)."""
+
+    code = "stream_cut"
+    status = 503
+
+
+class InstanceLost(StreamCut):
+    """The instance generating the reply went away (its lease is gone)."""
+
+    code = "instance_lost"
+
+    def __init__(self) -> None:
+        super().__init__("The server generating this reply went away; send the message again.")
+
+
+class StreamIncomplete(StreamCut):
+    """A reader on another instance found frames missing from Redis that nobody can fill."""
+
+    code = "stream_incomplete"
+
+    def __init__(self) -> None:
+        super().__init__("Part of this reply was lost; send the message again.")
 
 
 class UpstreamError(ChatRelayError):
@@ -243,6 +396,14 @@ class UpstreamError(ChatRelayError):
         self.request_id = request_id
         if retryable is not None:
             self.retryable = retryable
+
+    def headers(self) -> dict[str, str]:
+        headers: dict[str, str] = {}
+        if self.retry_after is not None:
+            headers["retry-after"] = str(max(1, round(self.retry_after)))
+        # A rejected key would otherwise be sent upstream again and again by the SDKs.
+        headers["x-should-retry"] = "true" if self.retryable else "false"
+        return headers
 
 
 class UpstreamRateLimited(UpstreamError):

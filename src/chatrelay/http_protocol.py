@@ -24,12 +24,13 @@ from __future__ import annotations
 import asyncio
 from typing import Any
 
+import orjson
 from uvicorn.protocols.http.httptools_impl import HttpToolsProtocol
 
-_TIMEOUT_BODY = (
-    b'{"error": {"code": "request_timeout", "message": "The request did not arrive in time'
-    b' (CHATRELAY_REQUEST_TIMEOUT_S)"}}'
-)
+from .error_bodies import project_body
+from .errors import RequestTimeout
+
+_TIMEOUT_BODY = orjson.dumps(project_body(RequestTimeout(), request_id=None))
 _LINGER_S = 2.0
 _TIMEOUT_RESPONSE = (
     b"HTTP/1.1 408 Request Timeout\r\ncontent-type: application/json\r\nconnection: close\r\n"

@@ -19,10 +19,10 @@ import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from .chat import ChatJob, Completion
+from .error_bodies import openai_body
 from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
 from .events import TextDelta, Usage
 from .relay import Answering, End, RelayEvent
-from .routes.errors import openai_error_body
 from .schemas import NO_USER_MESSAGE, ChatRequest, problems_from
 
 # The project's stop reasons (Messages API vocabulary) as OpenAI finish reasons.
@@ -261,7 +261,7 @@ DONE = b"data: [DONE]\n\n"
 
 def error_chunk(error: ChatRelayError) -> bytes:
     """A failure after the 200, in OpenAI's error shape (the SDKs raise it as an APIError)."""
-    return b"data: " + orjson.dumps(openai_error_body(error)) + b"\n\n"
+    return b"data: " + orjson.dumps(openai_body(error)) + b"\n\n"
 
 
 class ChunkStream:

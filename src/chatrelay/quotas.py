@@ -17,7 +17,7 @@ import time
 from dataclasses import dataclass, fields
 from typing import Any, Protocol
 
-from .errors import ChatRelayError, ConfigError, FieldProblem, RequestError
+from .errors import ConfigError, LimitExceeded, OverLimit
 
 DAY_S = 86_400
 
@@ -55,37 +55,6 @@ class Limits:
     @property
     def counts_tokens(self) -> bool:
         return self.tpm is not None or self.daily_tokens is not None
-
-
-class LimitExceeded(ChatRelayError):
-    """A spending limit of the caller was reached."""
-
-    code = "limit_exceeded"
-    status = 429
-
-    def __init__(self, name: str, limit: int, reset_s: float) -> None:
-        super().__init__(
-            f"Limit reached: {name} is {limit}; try again in {max(1, round(reset_s))} s"
-        )
-        self.limit_name = name
-        self.limit = limit
-        self.retry_after = reset_s
-
-
-class OverLimit(RequestError):
-    """A request larger than a token limit of its caller: no wait would let it through."""
-
-    code = "request_over_limit"
-    status = 422
-
-    def __init__(self, name: str, limit: int, tokens: int) -> None:
-        super().__init__(
-            f"This request needs about {tokens} tokens (its input plus max_tokens), more than"
-            f" your {name} limit of {limit}: lower max_tokens or send less"
-        )
-        self.problems = [
-            FieldProblem("max_tokens", f"{name} is {limit}; this request needs ~{tokens}")
-        ]
 
 
 class Counters(Protocol):

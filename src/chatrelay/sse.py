@@ -34,7 +34,7 @@ heartbeat interval is a setting.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncGenerator, Mapping
+from collections.abc import AsyncGenerator, Callable, Mapping
 from contextlib import aclosing
 from typing import TYPE_CHECKING, Any
 
@@ -43,6 +43,8 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 from .context import request_id
+from .error_bodies import seed_frame_payload
+from .errors import ChatRelayError, InstanceLost, ServerRestarting, StreamIncomplete
 from .events import TextDelta, ThinkingDelta, Usage
 from .relay import Answering, End
 
@@ -111,12 +113,14 @@ async def seed_frames(job: ChatJob) -> AsyncGenerator[bytes, None]:
                 yield done_frame(seq + 1)
 
 
-# How a generation that did not reach its own end tells its readers why.
-_CANCELLED_ERRORS = {
-    "server_restarting": "The server is restarting; resume this stream or send the message again.",
-    "instance_lost": "The server generating this reply went away; send the message again.",
-    # A reader on another instance found frames missing from Redis that nobody can fill.
-    "stream_incomplete": "Part of this reply was lost; send the message again.",
+# How a generation that did not reach its own end tells its readers why (a Stop, or a
+# reader that left, ends with no error).
+_CANCELLED_ERRORS: dict[str, Callable[[], ChatRelayError]] = {
+    "server_restarting": lambda: ServerRestarting(
+        "The server is restarting; resume this stream or send the message again."
+    ),
+    "instance_lost": InstanceLost,
+    "stream_incomplete": StreamIncomplete,
 }
 
 
@@ -124,12 +128,12 @@ def cancelled_frames(reason: str, seq: int) -> list[bytes]:
     """The last frames of a stream that was stopped, abandoned or cut by its server (or, for
     one reader, whose frames could not all be delivered: `stream_incomplete`)."""
     frames = []
-    message = _CANCELLED_ERRORS.get(reason)
-    if message is not None:
-        frames.append(json_frame(seq, {"error": message, "code": reason}))
+    error = _CANCELLED_ERRORS.get(reason)
+    if error is not None:
+        frames.append(json_frame(seq, seed_frame_payload(error(), request_id=None)))
         seq += 1
     end = {
-        "reason": "error" if message else reason,
+        "reason": "error" if error else reason,
         "stop_reason": None,
         "usage": usage_dict(None),
     }
@@ -158,13 +162,7 @@ def start_payload(job: ChatJob, answering: Answering) -> dict[str, Any]:
 def error_payload(end: End) -> dict[str, Any]:
     """The seed's error frame: a message safe to show, a machine code, maybe a retry hint."""
     assert end.error is not None
-    error: dict[str, Any] = {"error": end.error.message, "code": end.error.code}
-    if (rid := request_id.get()) is not None:
-        error["request_id"] = rid
-    retry_after = getattr(end.error, "retry_after", None)
-    if retry_after is not None:
-        error["retry_after"] = round(retry_after, 3)
-    return error
+    return seed_frame_payload(end.error, request_id=request_id.get())
 
 
 class EventStreamResponse(Response):

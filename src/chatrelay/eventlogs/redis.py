@@ -350,12 +350,11 @@ class RedisEventLog:
             if found is not None:
                 return found
         if await self._may_have_lost_data():
-            unsure = StorageUnavailable(
+            raise StorageUnavailable(
                 f"Stream {stream_id!r} is not in Redis, which has just lost its data: if the"
-                " stream is running, its server writes it again within moments; try again"
+                " stream is running, its server writes it again within moments; try again",
+                retry_after_s=LOOKUP_RETRY_AFTER_S,
             )
-            unsure.retry_after_s = LOOKUP_RETRY_AFTER_S
-            raise unsure
         return None
 
     async def _may_have_lost_data(self) -> bool:

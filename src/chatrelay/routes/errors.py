@@ -1,90 +1,38 @@
-"""Errors as HTTP responses: our JSON shape, or OpenAI's on the OpenAI-compatible routes.
-
-The exception classes carry their HTTP status and machine code (errors.py); this module is
-the one place that turns them into response bodies and headers.
-"""
+"""Errors as HTTP responses: the error's status and headers (`errors.py`) with the body of
+its surface (`error_bodies.py`): the project's shape, or OpenAI's under /v1/."""
 
 from __future__ import annotations
 
-from typing import Any
-
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
 
 from ..context import request_id
-from ..errors import ChatRelayError, MethodNotAllowed, StorageUnavailable, UpstreamError
-from ..quotas import LimitExceeded
-
-# Our codes as OpenAI error `type`s, where the status alone would not say it.
-_OPENAI_TYPES = {
-    400: "invalid_request_error",
-    401: "authentication_error",
-    403: "permission_error",
-    404: "not_found_error",
-    413: "invalid_request_error",
-    415: "invalid_request_error",
-    422: "invalid_request_error",
-    429: "rate_limit_error",
-}
-
-
-def _headers(exc: ChatRelayError) -> dict[str, str]:
-    headers: dict[str, str] = {}
-    if isinstance(exc, UpstreamError):
-        if exc.retry_after is not None:
-            headers["retry-after"] = str(max(1, round(exc.retry_after)))
-        # The OpenAI and Anthropic SDKs retry every 5xx unless told not to; a rejected key
-        # would otherwise be sent upstream again and again.
-        headers["x-should-retry"] = "true" if exc.retryable else "false"
-    elif isinstance(exc, LimitExceeded):
-        reset = str(max(1, round(exc.retry_after)))
-        headers.update(
-            {
-                "retry-after": reset,
-                "x-ratelimit-limit": str(exc.limit),
-                "x-ratelimit-remaining": "0",
-                "x-ratelimit-reset": reset,
-                "x-ratelimit-scope": exc.limit_name,
-            }
-        )
-    elif isinstance(exc, MethodNotAllowed):
-        headers["allow"] = ", ".join(exc.allow)
-    elif isinstance(exc, StorageUnavailable):
-        headers["retry-after"] = str(exc.retry_after_s)
-        headers["x-should-retry"] = "true"
-    elif exc.status >= 500:
-        headers["x-should-retry"] = "false"
-    return headers
+from ..error_bodies import is_openai_path, openai_body, project_body
+from ..errors import ChatRelayError, FrameworkError, MethodNotAllowed, NotFound
 
 
 def error_response(exc: ChatRelayError, **extra: object) -> JSONResponse:
-    """`{"error": {"code", "message", ["fields"]}}` with the error's status."""
-    body: dict[str, Any] = {"code": exc.code, "message": exc.message}
-    problems = getattr(exc, "problems", None)
-    if problems:
-        body["fields"] = [{"field": p.field, "message": p.message} for p in problems]
-    body.update({k: v for k, v in extra.items() if v is not None})
-    if (rid := request_id.get()) is not None:
-        body["request_id"] = rid  # what to quote to the operator, who finds it in the logs
-    return JSONResponse({"error": body}, status_code=exc.status, headers=_headers(exc))
-
-
-def openai_error_body(exc: ChatRelayError) -> dict[str, Any]:
-    problems = getattr(exc, "problems", None)
-    return {
-        "error": {
-            "message": exc.message,
-            "type": _OPENAI_TYPES.get(exc.status, "api_error"),
-            "param": problems[0].field if problems else None,
-            "code": exc.code,
-        }
-    }
+    """`{"error": {"code", "message", ["fields"], ["request_id"]}}` with the error's status."""
+    body = project_body(exc, request_id=request_id.get(), **extra)
+    return JSONResponse(body, status_code=exc.status, headers=exc.headers())
 
 
 def openai_error_response(exc: ChatRelayError) -> JSONResponse:
     """OpenAI's error shape, which its SDKs parse: `{"error": {message, type, param, code}}`."""
-    return JSONResponse(openai_error_body(exc), status_code=exc.status, headers=_headers(exc))
+    return JSONResponse(openai_body(exc), status_code=exc.status, headers=exc.headers())
 
 
 def error_response_for(path: str, exc: ChatRelayError) -> JSONResponse:
     """The error in the shape of the surface `path` belongs to: OpenAI's under /v1/."""
-    return openai_error_response(exc) if path.startswith("/v1/") else error_response(exc)
+    return openai_error_response(exc) if is_openai_path(path) else error_response(exc)
+
+
+def framework_error(exc: HTTPException) -> ChatRelayError:
+    """An HTTP error Starlette raised itself (routing, static files) as an error of our tree."""
+    message = str(exc.detail)
+    if exc.status_code == 404:
+        return NotFound(message)
+    if exc.status_code == 405:
+        allow = next((v for k, v in (exc.headers or {}).items() if k.lower() == "allow"), "")
+        return MethodNotAllowed(message, [m.strip() for m in allow.split(",") if m.strip()])
+    return FrameworkError(exc.status_code, message, exc.headers)
