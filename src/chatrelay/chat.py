@@ -19,8 +19,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from .conversations import Conversations, Turn
-from .errors import ChatRelayError, FieldProblem, InvalidField, Unsupported
+from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
 from .events import TextDelta, ThinkingDelta, Usage
+from .jobs import RunningJobs
 from .metrics import Metrics
 from .models import ModelSpec
 from .principals import Principal
@@ -134,6 +135,8 @@ class ChatJob:
     # Run (in order) with the reply when it ends, however it ends: store it, settle quotas.
     finishers: list[Finisher] = field(default_factory=list)
     owner: str | None = None
+    # This instance's running non-streaming replies, which shutdown drains (jobs.py).
+    running: RunningJobs | None = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -313,7 +316,7 @@ async def complete(job: ChatJob, receive: Receive | None = None) -> Completion |
     """
     if receive is None:
         return await _collect(job)
-    collecting = asyncio.ensure_future(_collect(job))
+    collecting = await RunningJobs.start(job, _collect)  # 503 while draining; drained
     watching = asyncio.ensure_future(_disconnect(receive))
     try:
         await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
@@ -336,16 +339,27 @@ async def _collect(job: ChatJob) -> Completion:
     thinking: list[str] = []
     model = job.requested_model
     end: End | None = None
-    async with aclosing(job.events()) as events:
-        async for event in events:
-            if type(event) is TextDelta:
-                text.append(event.text)
-            elif type(event) is ThinkingDelta:
-                thinking.append(event.text)
-            elif type(event) is Answering:
-                model = event.target.spec.alias
-            elif type(event) is End:
-                end = event
+    try:
+        async with aclosing(job.events()) as events:
+            async for event in events:
+                if type(event) is TextDelta:
+                    text.append(event.text)
+                elif type(event) is ThinkingDelta:
+                    thinking.append(event.text)
+                elif type(event) is Answering:
+                    model = event.target.spec.alias
+                elif type(event) is End:
+                    end = event
+    except asyncio.CancelledError:
+        if job.cancel_reason != "server_restarting":
+            raise
+        # Cut by the drain at the end of the shutdown grace (its partial reply is stored):
+        # answered 503 server_restarting, as a stream ends.
+        if (task := asyncio.current_task()) is not None:
+            task.uncancel()
+        if end is None:
+            restarting = ServerRestarting()
+            return Completion(job, model, "".join(text), "".join(thinking), None, None, restarting)
     assert end is not None
     return Completion(
         job, model, "".join(text), "".join(thinking), end.stop_reason, end.usage, end.error
@@ -370,6 +384,7 @@ class ChatService:
         self.conversations = conversations
         self.quotas = quotas
         self.metrics = metrics
+        self.running = RunningJobs()  # drained on shutdown (server.py)
 
     async def start(
         self,
@@ -408,6 +423,7 @@ class ChatService:
             thinking=params.thinking is not None,
             warnings=warnings,
             owner=principal.id,
+            running=self.running,
         )
         if self.metrics is not None:
             job.finishers.append(lambda reply: self._observe(reply, job))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import gc
 import signal
 import socket
@@ -53,9 +54,10 @@ def run(app: Any, settings: Settings) -> None:
 class DrainingServer(uvicorn.Server):
     """uvicorn, draining the streams on shutdown before it waits for connections to close.
 
-    On SIGTERM: stop accepting connections, let running generations finish for the grace
-    period, end the rest with `server_restarting` (so their readers end cleanly and know to
-    resume or resend), then shut down as uvicorn does.
+    On SIGTERM: stop accepting connections, let running generations and non-streaming
+    replies finish for the grace period, end the rest with `server_restarting` (so their
+    readers end cleanly and know to resume or resend; a non-streaming request is answered
+    503 `server_restarting`), then shut down as uvicorn does.
     """
 
     def __init__(self, config: uvicorn.Config, app: Any, grace_s: float) -> None:
@@ -66,7 +68,15 @@ class DrainingServer(uvicorn.Server):
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         for server in self.servers:
             server.close()  # no new connections while we drain
-        hub = getattr(self._app.state, "streams", None)
-        if hub is not None:
-            await hub.drain(self._grace_s)
+        # Streams (the hub's generations) and non-streaming replies (chat.complete's tasks)
+        # drain side by side, within the same grace.
+        drains = [
+            component.drain(self._grace_s)
+            for component in (
+                getattr(self._app.state, "streams", None),
+                getattr(getattr(self._app.state, "chat", None), "running", None),
+            )
+            if component is not None
+        ]
+        await asyncio.gather(*drains)
         await super().shutdown(sockets)
