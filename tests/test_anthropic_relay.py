@@ -478,11 +478,15 @@ def test_a_configured_proxy_selects_the_sdks_own_transport(
     from chatrelay.providers.sdk import ClientOptions
     from chatrelay.providers.transport import RelayTransport
 
-    options = ClientOptions(connect_timeout=1, read_timeout=1, max_connections=5)
     for name in ("HTTPS_PROXY", "HTTP_PROXY", "ALL_PROXY", "https_proxy", "http_proxy"):
         monkeypatch.delenv(name, raising=False)
-    default = options.sdk_kwargs(anthropic.DefaultAsyncHttpxClient)["http_client"]
+
+    def options() -> ClientOptions:  # as create_provider builds them
+        proxied = make_settings().proxy_configured()
+        return ClientOptions(connect_timeout=1, read_timeout=1, max_connections=5, proxied=proxied)
+
+    default = options().sdk_kwargs(anthropic.DefaultAsyncHttpxClient)["http_client"]
     assert isinstance(default._transport, RelayTransport)
     monkeypatch.setenv("HTTPS_PROXY", "http://127.0.0.1:3128")
-    proxied = options.sdk_kwargs(anthropic.DefaultAsyncHttpxClient)["http_client"]
+    proxied = options().sdk_kwargs(anthropic.DefaultAsyncHttpxClient)["http_client"]
     assert not isinstance(proxied._transport, RelayTransport)

@@ -141,7 +141,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             )
             stack.push_async_callback(conversations.close)
             metrics = Metrics(active_streams=lambda: hub.running)
-            tracer = tracing.setup(getattr(app.state, "span_exporter", None))
+            exporter = getattr(app.state, "span_exporter", None)  # tests trace to memory
+            tracer = tracing.setup(settings.otel_variables(), exporter)
             app.state.tracer = tracer
             relay = Relay(
                 first_token_timeout_s=settings.first_token_timeout_s,

@@ -24,14 +24,14 @@ other aliases keep serving.
 
 from __future__ import annotations
 
-import os
 import re
 import tomllib
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, model_validator
 
 from . import catalog
 from .errors import ConfigError
@@ -185,13 +185,23 @@ def _line_of(text: str, loc: list[str]) -> int | None:
     return None
 
 
-def resolve_keys(config: ModelsConfig, env: dict[str, str]) -> None:
+def key_variables(config: ModelsConfig) -> set[str]:
+    """The names of the variables that hold the aliases' keys."""
+    return {
+        spec.api_key_env or DEFAULT_KEY_ENV[spec.provider]
+        for spec in config.specs.values()
+        if spec.provider != "mock"
+    }
+
+
+def resolve_keys(config: ModelsConfig, env: Mapping[str, SecretStr]) -> None:
     """Find each alias's key in `env`; an alias without one becomes unavailable."""
     for alias, spec in config.specs.items():
         if spec.provider == "mock":
             continue
         name = spec.api_key_env or DEFAULT_KEY_ENV[spec.provider]
-        key = env.get(name, "").strip()
+        value = env.get(name)
+        key = value.get_secret_value().strip() if value is not None else ""
         if key:
             config.keys[alias] = key
         elif spec.provider == "openai" and spec.api_key_env is None and spec.base_url:
@@ -200,23 +210,12 @@ def resolve_keys(config: ModelsConfig, env: dict[str, str]) -> None:
             config.unavailable[alias] = f"its API key variable {name} is not set"
 
 
-def key_environment(dotenv: Path | None) -> dict[str, str]:
-    """The process environment over the `.env` file's values (pydantic-settings' order)."""
-    values: dict[str, str] = {}
-    if dotenv is not None and dotenv.is_file():
-        from dotenv import dotenv_values
-
-        values.update({k: v for k, v in dotenv_values(dotenv).items() if v is not None})
-    values.update(os.environ)
-    return values
-
-
 def models_config(settings: Settings) -> ModelsConfig:
     """The aliases from the models file, or the single default alias the environment selects."""
     if settings.models_file is not None:
         specs, default = load_models_file(settings.models_file)
         config = ModelsConfig(specs, default or next(iter(specs)))
-        resolve_keys(config, key_environment(Path(".env")))
+        resolve_keys(config, settings.secrets(key_variables(config)))
     else:
         kind = settings.provider_name
         policy = {"auto": None, "always": True, "never": False}[settings.send_temperature]

@@ -1,11 +1,16 @@
 """The service's settings: one typed object, read from the environment (and `.env`) once.
 
 `Settings()` is built by `create_app()` / the CLI, never at import time, so tests can build
-as many differently configured apps as they like in one process.
+as many differently configured apps as they like in one process. It is the only reader of the
+environment: the variables whose names are only known later (the models file's
+`api_key_env`), or that libraries act on themselves (HTTP proxies, `OTEL_*`), are read by its
+methods, which the app calls while it is being built.
 """
 
 from __future__ import annotations
 
+import os
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -20,13 +25,17 @@ DEFAULT_OPENAI_MODEL = "gpt-5.4-mini"
 MOCK_MODEL = "mock"
 # Relative to the working directory: `make run` keeps its data in ./data.
 DEFAULT_DATABASE_URL = "sqlite+aiosqlite:///data/chatrelay.db"
+# Relative to the working directory, like the data.
+ENV_FILE = ".env"
+# httpx (under the SDKs) reads these from the process environment, in either case.
+PROXY_VARIABLES = ("https_proxy", "http_proxy", "all_proxy")
 
 
 class Settings(BaseSettings):
     """Every setting the server reads; the README documents each one."""
 
     model_config = SettingsConfigDict(
-        env_file=".env", env_file_encoding="utf-8", extra="ignore", populate_by_name=True
+        env_file=ENV_FILE, env_file_encoding="utf-8", extra="ignore", populate_by_name=True
     )
 
     # --- server -----------------------------------------------------------------------------
@@ -220,6 +229,30 @@ class Settings(BaseSettings):
             "openai": DEFAULT_OPENAI_MODEL,
             "mock": MOCK_MODEL,
         }[self.provider_name]
+
+    def secrets(self, names: Iterable[str]) -> dict[str, SecretStr]:
+        """The named variables that are set (the models file's `api_key_env` keys), exactly as
+        named: the process environment over `.env`, the order of the fields above."""
+        wanted = set(names)
+        found: dict[str, str] = {}
+        if wanted and Path(ENV_FILE).is_file():
+            from dotenv import dotenv_values
+
+            found.update(
+                (k, v) for k, v in dotenv_values(ENV_FILE).items() if k in wanted and v is not None
+            )
+        found.update((k, v) for k, v in os.environ.items() if k in wanted)
+        return {name: SecretStr(value) for name, value in found.items()}
+
+    def proxy_configured(self) -> bool:
+        """Whether the process environment names an HTTP proxy (only the SDKs' own `httpx`
+        transport speaks them, and it reads them from there, not from `.env`)."""
+        return any(os.environ.get(name) or os.environ.get(name.upper()) for name in PROXY_VARIABLES)
+
+    def otel_variables(self) -> dict[str, str]:
+        """The `OTEL_*` variables of the process environment, which say whether to trace (the
+        OpenTelemetry SDK reads the rest of its configuration from there itself)."""
+        return {k: v for k, v in os.environ.items() if k.startswith("OTEL_")}
 
     def allowed_origins(self, only_mock: bool) -> list[str]:
         """CORS origins; any origin only while nothing but the (free) mock provider is live."""

@@ -10,7 +10,6 @@ The SDK is imported only when tracing is on, and is an optional extra (`chatrela
 from __future__ import annotations
 
 import logging
-import os
 from collections.abc import Mapping
 from typing import Any
 
@@ -28,8 +27,9 @@ def wanted(environ: Mapping[str, str]) -> bool:
     )
 
 
-def setup(exporter: Any = None, environ: Mapping[str, str] = os.environ) -> Any:
-    """A tracer when tracing is wanted (or an exporter is given, in tests), else None."""
+def setup(environ: Mapping[str, str], exporter: Any = None) -> Any:
+    """A tracer when `environ` (`Settings.otel_variables()`) wants tracing, or an exporter is
+    given (in tests), else None."""
     if exporter is None and not wanted(environ):
         return None
     try:

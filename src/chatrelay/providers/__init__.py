@@ -25,6 +25,7 @@ def create_provider(spec: ModelSpec, api_key: str | None, settings: Settings) ->
         read_timeout=max(settings.read_timeout_s, settings.first_token_timeout_s),
         max_connections=settings.max_connections,
         transport=settings.upstream_transport,
+        proxied=settings.proxy_configured(),
     )
     if spec.provider == "anthropic":
         from .anthropic import AnthropicProvider

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import asyncio
 import email.utils
-import os
 import time
 from collections.abc import AsyncIterator, Callable, Mapping
 from dataclasses import dataclass
@@ -91,11 +90,14 @@ class ClientOptions:
     read_timeout: float
     max_connections: int
     transport: str = "relay"
+    # The environment names an HTTP proxy (`Settings.proxy_configured`): only the `httpx`
+    # transport speaks them.
+    proxied: bool = False
 
     def sdk_kwargs(self, http_client: Callable[..., Any]) -> dict[str, Any]:
         """Keyword arguments for an SDK client constructor."""
         client_kwargs: dict[str, Any]
-        if self.transport == "relay" and not proxy_configured():
+        if self.transport == "relay" and not self.proxied:
             client_kwargs = {"transport": RelayTransport(max_connections=self.max_connections)}
         else:
             # The SDKs' default pool (1,000 connections, 100 kept alive) would queue or
@@ -112,12 +114,6 @@ class ClientOptions:
             "timeout": httpx2.Timeout(self.read_timeout, connect=self.connect_timeout),
             "http_client": http_client(**client_kwargs),
         }
-
-
-def proxy_configured() -> bool:
-    """Whether the environment names an HTTP proxy (only the `httpx` transport speaks them)."""
-    names = ("https_proxy", "http_proxy", "all_proxy")
-    return any(os.environ.get(name) or os.environ.get(name.upper()) for name in names)
 
 
 def connection_error(exc: Exception, timed_out: bool) -> UpstreamError:
