@@ -14,9 +14,10 @@ from starlette.exceptions import HTTPException
 
 from chatrelay import errors as E
 from chatrelay.error_bodies import openai_body, project_body, seed_frame_payload
-from chatrelay.openai_compat import error_chunk
+from chatrelay.events import Cut, StreamMeta
 from chatrelay.routes.errors import error_response_for, framework_error
-from chatrelay.sse import cancelled_frames
+from chatrelay.surfaces.openai import error_chunk
+from chatrelay.surfaces.seed import SeedEncoder
 
 RETRY_NO = {"x-should-retry": "false"}
 FIELD = [E.FieldProblem("messages[0].role", "must be 'user' or 'assistant'")]
@@ -319,9 +320,9 @@ def test_an_error_maps_to_the_same_status_code_and_headers_on_both_surfaces(
         "error": {"message": row.message, "type": row.openai_type, "param": param, "code": row.code}
     }
     assert openai_body(exc) == openai
-    assert error_chunk(exc) == b"data: " + json.dumps(openai, separators=(",", ":")).encode() + (
-        b"\n\n"
-    )
+    assert error_chunk(3, exc) == b"id: 3\ndata: " + json.dumps(
+        openai, separators=(",", ":")
+    ).encode() + (b"\n\n")
 
     # As HTTP responses: the same status and headers under either surface's path.
     for path, body in (("/ai/stream/chat", {"error": project}), ("/v1/chat/completions", openai)):
@@ -380,9 +381,10 @@ def test_starlettes_own_http_errors_become_errors_of_the_tree(
 def test_a_cut_streams_error_frame_is_the_seeds_error_frame(
     reason: str, error: E.ChatRelayError
 ) -> None:
-    first = cancelled_frames(reason, 7)[0]
+    encoder = SeedEncoder(StreamMeta("s1", "seed", 0, "mock"))
+    first = encoder.encode(7, Cut(reason)).split(b"\n\n")[0] + b"\n\n"
     assert first.startswith(b"id: 7\ndata: ")
-    payload = json.loads(first.removeprefix(b"id: 7\ndata: "))
+    payload = json.loads(first.removeprefix(b"id: 7\ndata: ").rstrip(b"\n"))
     assert (
         payload
         == seed_frame_payload(error, request_id=None)

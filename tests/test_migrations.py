@@ -19,7 +19,8 @@ from sqlalchemy.ext.asyncio import AsyncEngine
 
 from chatrelay.db import alembic_config, create_engine, current_revision, normalize_url, upgrade
 from chatrelay.errors import ConfigError
-from chatrelay.store import Reply, Store
+from chatrelay.events import Reply
+from chatrelay.store import Store
 from chatrelay.tables import Base
 
 from .conftest import POSTGRES_URL, postgres_database

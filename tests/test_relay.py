@@ -15,10 +15,10 @@ from chatrelay.errors import (
     UpstreamOverloaded,
     UpstreamRateLimited,
 )
-from chatrelay.events import ProviderEvent, Stop, TextDelta, Usage
+from chatrelay.events import Answering, End, ProviderEvent, RelayEvent, Stop, TextDelta, Usage
 from chatrelay.models import ModelSpec
 from chatrelay.providers import ChatParams
-from chatrelay.relay import Answering, End, Relay, RelayEvent, RetryPolicy
+from chatrelay.relay import Relay, RetryPolicy
 from chatrelay.routing import Target
 
 PARAMS = ChatParams(model="m", messages=[{"role": "user", "content": "hi"}], max_tokens=10)
@@ -225,7 +225,7 @@ async def test_a_model_that_fails_before_text_falls_back_to_the_next() -> None:
     events = [event async for event in relay_for(primary, backup, max_retries=1).stream()]
     answering = events[0]
     assert isinstance(answering, Answering)
-    assert answering.target.spec.alias == "backup"
+    assert answering.spec.alias == "backup"
     assert answering.fallback_from == ("primary",)
     assert primary.attempts == 2  # its own retries first
     assert events[1:3] == [TextDelta("Hel"), TextDelta("lo")]
@@ -237,7 +237,7 @@ async def test_a_first_token_timeout_falls_back_too() -> None:
     backup = named("backup", [OK])
     harness = relay_for(primary, backup, first_token_timeout=0.05, max_retries=0)
     events = [event async for event in harness.stream()]
-    assert isinstance(events[0], Answering) and events[0].target.spec.alias == "backup"
+    assert isinstance(events[0], Answering) and events[0].spec.alias == "backup"
     assert primary.closed == [True]
 
 
@@ -245,7 +245,7 @@ async def test_no_fallback_for_a_rejected_request_or_credentials() -> None:
     primary = named("primary", [[UpstreamAuthError()]])
     backup = named("backup", [OK])
     events = [event async for event in relay_for(primary, backup).stream()]
-    assert isinstance(events[0], Answering) and events[0].target.spec.alias == "primary"
+    assert isinstance(events[0], Answering) and events[0].spec.alias == "primary"
     assert isinstance(events[1], End) and isinstance(events[1].error, UpstreamAuthError)
     assert backup.attempts == 0
 
@@ -267,16 +267,15 @@ async def test_when_every_model_fails_the_last_error_is_reported() -> None:
     assert isinstance(events[1], End) and isinstance(events[1].error, UpstreamRateLimited)
 
 
-async def test_closing_the_seed_frames_between_frames_closes_the_upstream() -> None:
-    """The response closes its frame generator when the client leaves mid-`send`."""
+async def test_closing_the_job_events_between_two_closes_the_upstream() -> None:
+    """The job's events are closed when whoever reads them leaves between two of them."""
     from chatrelay.chat import ChatJob
-    from chatrelay.sse import seed_frames
 
     provider = ScriptedProvider([[TextDelta("a"), TextDelta("b"), 5.0, Stop("end_turn")]])
     harness = relay_for(provider)
     job = ChatJob("s1", "scripted", None, harness.plan, harness.relay)
-    frames = seed_frames(job)
-    assert b"event: start" in await anext(frames)
-    assert b'"content":"a"' in await anext(frames)
-    await frames.aclose()
+    events = job.events()
+    assert isinstance(await anext(events), Answering)
+    assert await anext(events) == TextDelta("a")
+    await events.aclose()
     assert provider.closed == [True]

@@ -17,7 +17,8 @@ from sqlalchemy import text
 import chatrelay.store
 from chatrelay.db import create_engine, upgrade
 from chatrelay.errors import ConversationBusy, InvalidField
-from chatrelay.store import Reply, Store
+from chatrelay.events import Reply
+from chatrelay.store import Store
 from chatrelay.tables import Conversation
 
 

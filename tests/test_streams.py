@@ -290,17 +290,26 @@ async def test_a_generation_whose_instance_died_ends_its_readers_with_instance_l
     """A stream registered by an instance whose lease is gone (as after kill -9)."""
     from redis.asyncio import Redis
 
-    from chatrelay.sse import content_frame, json_frame
+    from chatrelay.eventlogs.codec import dump, dump_meta
+    from chatrelay.events import Answering, StreamMeta, TextDelta
+    from chatrelay.models import ModelSpec
 
     async with redis_prefix() as prefix:
         redis = Redis.from_url(REDIS_URL)
         meta = f"{prefix}:s:ghoststream"
+        stream = StreamMeta("ghoststream", "seed", 0, "mock")
         await redis.hset(
-            meta, mapping={"owner": "public", "instance": "deadbeef0000", "finished": "0"}
+            meta,
+            mapping={
+                "owner": "public",
+                "instance": "deadbeef0000",
+                "finished": "0",
+                "meta": dump_meta(stream),
+            },
         )
-        start = json_frame(1, {"stream_id": "ghoststream"}, "start")
+        start = dump(Answering(ModelSpec("mock", "mock", "mock")))
         await redis.xadd(f"{meta}:log", {"f": start}, id="0-1")
-        await redis.xadd(f"{meta}:log", {"f": content_frame(2, "half")}, id="0-2")
+        await redis.xadd(f"{meta}:log", {"f": dump(TextDelta("half"))}, id="0-2")
         settings = make_settings(
             provider="mock",
             redis_url=REDIS_URL,
@@ -361,24 +370,25 @@ async def test_draining_ends_running_streams_with_server_restarting(
 
 async def test_a_reader_leaving_the_memory_log_does_not_stall_the_others() -> None:
     """Three readers follow one stream; one is cancelled mid-wait; the other two still get
-    every frame, and the cancelled one leaves nothing behind."""
+    every event."""
     from chatrelay.eventlogs.memory import MemoryEventLog
+    from chatrelay.events import StreamMeta, TextDelta
 
     log = MemoryEventLog("i1", ttl_s=60)
-    await log.create("s1", "alice")
-    await log.append("s1", 1, b"one ")
+    await log.create(StreamMeta("s1", "seed", 0, "mock"), "alice")
+    await log.append("s1", 1, TextDelta("one "))
 
-    async def read_all() -> bytes:
-        return b"".join([chunk async for chunk in log.read("s1", 0)])
+    async def read_all() -> str:
+        batches = [batch async for batch in log.read("s1", 0)]
+        return "".join(e.text for _, events in batches for e in events)  # type: ignore[union-attr]
 
     readers = [asyncio.create_task(read_all()) for _ in range(3)]
     await asyncio.sleep(0.01)  # all three are waiting for frame 2
     readers[1].cancel()
     await asyncio.sleep(0)
-    await log.append("s1", 2, b"two ")
-    await log.append("s1", 3, b"three")
+    await log.append("s1", 2, TextDelta("two "))
+    await log.append("s1", 3, TextDelta("three"))
     await log.finish("s1")
-    assert await asyncio.wait_for(readers[0], 1) == b"one two three"
-    assert await asyncio.wait_for(readers[2], 1) == b"one two three"
+    assert await asyncio.wait_for(readers[0], 1) == "one two three"
+    assert await asyncio.wait_for(readers[2], 1) == "one two three"
     assert readers[1].cancelled()
-    assert log._streams["s1"].waiters == []

@@ -224,12 +224,18 @@ class Reading:
 
 @asynccontextmanager
 async def posted(
-    client: httpx.AsyncClient, url: str, surface: Surface, mock_options: dict[str, Any]
+    client: httpx.AsyncClient,
+    url: str,
+    surface: Surface,
+    mock_options: dict[str, Any],
+    headers: dict[str, str] | None = None,
 ) -> AsyncIterator[tuple[httpx.Response, AsyncIterator[Frame]]]:
     """POST a chat to `surface`; the 200 response and its frames. Leaving the block before
     the end drops the connection."""
     body = surface.body(MESSAGES, mock_options)
-    async with client.stream("POST", f"{url}{surface.path}", json=body) as response:
+    async with client.stream(
+        "POST", f"{url}{surface.path}", json=body, headers=headers
+    ) as response:
         if response.status_code != 200:
             await response.aread()
         assert response.status_code == 200, f"{surface.name}: {response.text}"
@@ -297,7 +303,9 @@ async def test_resumed_after_a_dropped_connection(
     words = 40
     before, after = Reading(surface), Reading(surface)
     async with asyncio.timeout(10):
-        async with posted(client, url, surface, mock(words, 0.02)) as (response, frames):
+        # A grace to resume in: OpenAI's clients never resume, so theirs is 0 unless asked.
+        grace = {"x-resume-grace": "10"}
+        async with posted(client, url, surface, mock(words, 0.02), grace) as (response, frames):
             stream_id = response.headers["x-stream-id"]
             async for frame in frames:
                 before.add(frame)

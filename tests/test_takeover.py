@@ -29,8 +29,9 @@ from redis.asyncio import Redis
 import chatrelay.store
 from chatrelay.db import create_engine, upgrade
 from chatrelay.errors import ConversationBusy
+from chatrelay.events import Reply
 from chatrelay.leases import DB_LEASE_S, DatabaseLeases, RedisLeases
-from chatrelay.store import Draft, Reply, Store
+from chatrelay.store import Draft, Store
 
 from .conftest import REDIS_URL, make_settings, postgres_database, redis_prefix, serve
 from .processes import Process, chatrelay_env, free_port, start_chatrelay, wait_healthy

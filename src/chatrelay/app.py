@@ -192,6 +192,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 conversations,
                 quotas,
                 metrics,
+                hub,
             )
             log.info(
                 "chatrelay %s serving %s (models: %s; auth: %s; instance %s)",

@@ -1,9 +1,10 @@
 """The chat service: turns a validated request into one relayed reply.
 
-Routes stay thin: they parse the body, call `ChatService.start()`, and hand the job's events
-to an encoder (the seed's SSE frames in `sse.py`, OpenAI chunks in `openai_compat.py`) or to
-`complete()` for the non-streaming endpoints. Model choice, upstream parameters, warnings and
-the log line of every reply live here, so tests drive them without HTTP.
+Routes stay thin: they parse the body into the project's `ChatRequest`, then call
+`ChatService.stream()` (the reply runs in the stream hub; the route encodes its events with
+its surface's encoder) or `ChatService.start()` and `complete()` for the non-streaming
+endpoints. Model choice, upstream parameters, idempotency, warnings and the log line of every
+reply live here, so tests drive them without HTTP.
 """
 
 from __future__ import annotations
@@ -18,20 +19,21 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+from .context import request_id
 from .conversations import Conversations, Turn
 from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
-from .events import TextDelta, ThinkingDelta, Usage
+from .events import Answering, End, RelayEvent, Reply, StreamMeta, TextDelta, ThinkingDelta, Usage
 from .jobs import RunningJobs
 from .metrics import Metrics
 from .models import ModelSpec
 from .principals import Principal
 from .providers import ChatParams
 from .quotas import Admission, Limits, Quotas
-from .relay import Answering, End, Relay, RelayEvent
+from .relay import Relay
 from .routing import Router, Target
 from .schemas import ChatRequest
 from .settings import Settings
-from .store import Reply
+from .streams import Reader, StreamHub
 from .tokens import chars_to_tokens, input_tokens
 
 log = logging.getLogger("chatrelay.chat")
@@ -129,8 +131,6 @@ class ChatJob:
     created: int = field(default_factory=lambda: int(time.time()))
     turn: Turn | None = None
     conversations: Conversations | None = None
-    # Why the reply was cut before its end, when it was: stopped, disconnected, server_restarting.
-    cancel_reason: str | None = None
     deltas: int = 0  # text and thinking pieces relayed so far
     # Run (in order) with the reply when it ends, however it ends: store it, settle quotas.
     finishers: list[Finisher] = field(default_factory=list)
@@ -143,8 +143,28 @@ class ChatJob:
         """The conversation's id as the client knows it (not as stored: conversation_ids.py)."""
         return self.turn.shown_id if self.turn else self.requested_conversation
 
-    async def events(self) -> AsyncGenerator[RelayEvent, None]:
-        """The relay's events; when the reply ends (however it ends) it is stored and logged."""
+    def meta(self, surface: str, options: Mapping[str, Any] | None = None) -> StreamMeta:
+        """What the readers of this job's stream need beside its events."""
+        return StreamMeta(
+            stream_id=self.stream_id,
+            surface=surface,
+            created=self.created,
+            requested_model=self.requested_model,
+            conversation_id=self.conversation_id,
+            history_omitted=self.turn.omitted if self.turn else 0,
+            warnings=tuple(self.warnings),
+            options=options or {},
+            request_id=request_id.get(),
+        )
+
+    async def events(
+        self, cut: Callable[[], str | None] = lambda: None
+    ) -> AsyncGenerator[RelayEvent, None]:
+        """The relay's events; when the reply ends (however it ends) it is stored and logged.
+
+        `cut()` says why, when whoever runs the job cancelled it before its end (`stopped`,
+        `disconnected`, `server_restarting`); a cancellation it does not explain is a client
+        that left (`disconnected`)."""
         started = time.perf_counter()
         first_at: float | None = None
         text: list[str] = []
@@ -160,10 +180,9 @@ class ChatJob:
             nonlocal concluded
             concluded = True
             error = end.error if end else None
-            if end is None:
-                outcome = self.cancel_reason or "disconnected"
-            else:
-                outcome = "error" if error else "completed"
+            outcome = (
+                (cut() or "disconnected") if end is None else "error" if error else "completed"
+            )
             reply = Reply(
                 content="".join(text),
                 model=model,
@@ -185,21 +204,20 @@ class ChatJob:
         try:
             async with aclosing(self.relay.run(self.plan)) as events:
                 async for event in events:
-                    kind = type(event)
-                    if kind is TextDelta:
+                    if isinstance(event, TextDelta):
                         if first_at is None:
                             first_at = time.perf_counter()
-                        text.append(event.text)  # type: ignore[union-attr]
+                        text.append(event.text)
                         self.deltas += 1
-                    elif kind is ThinkingDelta:
+                    elif isinstance(event, ThinkingDelta):
                         if first_at is None:
                             first_at = time.perf_counter()
-                        thinking.append(event.text)  # type: ignore[union-attr]
+                        thinking.append(event.text)
                         self.deltas += 1
-                    elif kind is Answering:
-                        model = event.target.spec.alias  # type: ignore[union-attr]
+                    elif isinstance(event, Answering):
+                        model = event.spec.alias
                     else:
-                        end = event  # type: ignore[assignment]
+                        end = event
                         # Stored before its end is told: whoever reads `[DONE]` (or /ai/chat's
                         # answer) and then the conversation finds the reply in it.
                         await self._to_its_end(conclude())
@@ -224,19 +242,19 @@ class ChatJob:
             for _ in range(cancels):
                 if current is not None:
                     current.uncancel()
-            self.cancel_reason = None
         task.result()
 
-    async def abandon(self, error: ChatRelayError) -> None:
-        """End a job that will never run (e.g. refused while the server drains): its
-        conversation gets the failed turn and is unlocked, its reservation is given back."""
+    async def abandon(self, error: ChatRelayError | None) -> None:
+        """End a job that will never run (refused while the server drains, or its client
+        gone before it started: `error` None): its conversation gets the failed turn and is
+        unlocked, its reservation is given back."""
         reply = Reply(
             content="",
             model=self.requested_model,
             stream_id=self.stream_id,
-            end_reason="error",
-            error_code=error.code,
-            error_message=error.message,
+            end_reason="error" if error is not None else "disconnected",
+            error_code=error.code if error is not None else None,
+            error_message=error.message if error is not None else None,
             input_tokens=0,
             output_tokens=0,
         )
@@ -294,7 +312,6 @@ class ChatJob:
 class Completion:
     """A whole reply, for the non-streaming endpoints."""
 
-    job: ChatJob
     model: str
     content: str
     thinking: str
@@ -315,15 +332,21 @@ async def complete(job: ChatJob, receive: Receive | None = None) -> Completion |
     as a streamed one's is, and the answer is None: there is nobody left to answer.
     """
     if receive is None:
-        return await _collect(job)
-    collecting = await RunningJobs.start(job, _collect)  # 503 while draining; drained
+        return await _collect(job.events(), job.requested_model)
+    why: list[str] = []  # set by the drain; otherwise a cut is its client leaving
+    events = job.events(lambda: why[0] if why else "disconnected")
+    running = job.running
+    if running is not None:
+        await running.admit(job)  # 503 while draining
+    collecting = asyncio.ensure_future(_collect(events, job.requested_model, why))
+    if running is not None:
+        running.add(collecting, why.append)
     watching = asyncio.ensure_future(_disconnect(receive))
     try:
         await asyncio.wait((collecting, watching), return_when=asyncio.FIRST_COMPLETED)
     finally:
         watching.cancel()
         if not collecting.done():
-            job.cancel_reason = job.cancel_reason or "disconnected"
             collecting.cancel()
             await asyncio.wait((collecting,))  # the partial reply is stored, the quota settled
     return None if collecting.cancelled() else collecting.result()
@@ -334,24 +357,26 @@ async def _disconnect(receive: Receive) -> None:
         pass
 
 
-async def _collect(job: ChatJob) -> Completion:
+async def _collect(
+    events: AsyncGenerator[RelayEvent, None], model: str, why: list[str] | None = None
+) -> Completion:
+    """The whole reply; `why` holds the reason it is cut, when whoever runs it cuts it."""
     text: list[str] = []
     thinking: list[str] = []
-    model = job.requested_model
     end: End | None = None
     try:
-        async with aclosing(job.events()) as events:
+        async with aclosing(events):
             async for event in events:
-                if type(event) is TextDelta:
+                if isinstance(event, TextDelta):
                     text.append(event.text)
-                elif type(event) is ThinkingDelta:
+                elif isinstance(event, ThinkingDelta):
                     thinking.append(event.text)
-                elif type(event) is Answering:
-                    model = event.target.spec.alias
-                elif type(event) is End:
+                elif isinstance(event, Answering):
+                    model = event.spec.alias
+                else:
                     end = event
     except asyncio.CancelledError:
-        if job.cancel_reason != "server_restarting":
+        if why != ["server_restarting"]:
             raise
         # Cut by the drain at the end of the shutdown grace (its partial reply is stored):
         # answered 503 server_restarting, as a stream ends.
@@ -359,10 +384,10 @@ async def _collect(job: ChatJob) -> Completion:
             task.uncancel()
         if end is None:
             restarting = ServerRestarting()
-            return Completion(job, model, "".join(text), "".join(thinking), None, None, restarting)
+            return Completion(model, "".join(text), "".join(thinking), None, None, restarting)
     assert end is not None
     return Completion(
-        job, model, "".join(text), "".join(thinking), end.stop_reason, end.usage, end.error
+        model, "".join(text), "".join(thinking), end.stop_reason, end.usage, end.error
     )
 
 
@@ -377,6 +402,7 @@ class ChatService:
         conversations: Conversations | None = None,
         quotas: Quotas | None = None,
         metrics: Metrics | None = None,
+        hub: StreamHub | None = None,
     ) -> None:
         self.router = router
         self.relay = relay
@@ -385,6 +411,48 @@ class ChatService:
         self.quotas = quotas
         self.metrics = metrics
         self.running = RunningJobs()  # drained on shutdown (server.py)
+        self.hub = hub
+
+    async def stream(
+        self,
+        request: ChatRequest,
+        principal: Principal,
+        surface: str,
+        *,
+        options: Mapping[str, Any] | None = None,
+        persist: bool = True,
+        idempotency_key: str | None = None,
+        resume_grace_s: float | None = None,
+    ) -> Reader:
+        """Start the reply in the stream hub (resumable, stoppable, drained on shutdown) and
+        return its first reader, whose events `surface`'s encoder renders. Without readers it
+        runs on for `resume_grace_s` (None: the server's resume grace), waiting for a resume.
+
+        With an idempotency key already bound to a stream (a retried POST whose response was
+        lost), that stream's reader instead: the same reply, not a second one. Whatever fails
+        once the turn is recorded ends it here, so nothing is left locked or reserved.
+        """
+        assert self.hub is not None, "streaming needs the stream hub"
+        hub = self.hub
+        stream_id = uuid.uuid4().hex
+        key = idempotency_key
+        if key is not None:
+            bound = await hub.events.claim(principal.id, key, stream_id)
+            if bound != stream_id:
+                return await hub.follow(bound, principal.scope)
+        try:
+            job = await self.start(request, principal, persist=persist, stream_id=stream_id)
+            try:
+                meta = job.meta(surface, options)
+                return await hub.open(job, principal.id, meta, resume_grace_s)
+            except BaseException as exc:
+                # No generation will record this turn: end it here (a client that left, too).
+                await asyncio.shield(job.abandon(exc if isinstance(exc, ChatRelayError) else None))
+                raise
+        except BaseException:
+            if key is not None:
+                await asyncio.shield(hub.events.forget_claim(principal.id, key))
+            raise
 
     async def start(
         self,

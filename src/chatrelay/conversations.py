@@ -32,7 +32,8 @@ from typing import Any
 
 from .conversation_ids import lookup_ids, stored_id
 from .errors import ConversationBusy, FieldProblem, InvalidField
-from .store import CONVERSATION_ID, ConversationGone, Draft, Reply, Store, new_id
+from .events import Reply
+from .store import CONVERSATION_ID, ConversationGone, Draft, Store, new_id
 from .tokens import content_tokens
 
 log = logging.getLogger("chatrelay.conversations")

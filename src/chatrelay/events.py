@@ -1,10 +1,28 @@
-"""The project's own stream events: what every provider yields, whatever its wire format."""
+"""The project's own vocabulary of a reply, whatever the wire it came from or goes to.
+
+    provider ──> TextDelta, ThinkingDelta, Usage, Stop        (providers/, any upstream)
+    relay    ──> Answering, TextDelta, ThinkingDelta, End     (relay.py: retries, fallbacks)
+    hub      ──> ... and Cut, when a generation ends early    (streams.py: Stop, drain)
+    store    <── Reply                                        (how the turn went, stored)
+
+A stream's event log holds `StreamEvent`s, numbered 1, 2, 3, … in order; each surface's
+encoder (surfaces/) turns them into its own frames for each reader. Nothing here knows a wire
+format.
+"""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+from .errors import ChatRelayError, InstanceLost, ServerRestarting, StreamIncomplete
+
+if TYPE_CHECKING:
+    from .models import ModelSpec
 
 
+# -- what a provider yields ------------------------------------------------------------------
 @dataclass(slots=True, frozen=True)
 class TextDelta:
     """A piece of the reply's text, in the order the model produced it."""
@@ -36,3 +54,90 @@ class Stop:
 
 
 ProviderEvent = TextDelta | ThinkingDelta | Usage | Stop
+
+
+# -- what the relay adds ---------------------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class Answering:
+    """The model that answers (its alias's spec); `fallback_from` lists the aliases that
+    failed before it."""
+
+    spec: ModelSpec
+    fallback_from: tuple[str, ...] = ()
+
+
+@dataclass(slots=True, frozen=True)
+class End:
+    """How a reply ended: `error` is None for a complete reply."""
+
+    stop_reason: str | None
+    usage: Usage | None
+    error: ChatRelayError | None = None
+    attempts: int = 1
+
+
+RelayEvent = Answering | TextDelta | ThinkingDelta | End
+
+
+# -- what the hub adds -----------------------------------------------------------------------
+@dataclass(slots=True, frozen=True)
+class Cut:
+    """A generation that did not reach its own end: `stopped` (a Stop), `disconnected` (its
+    readers left), `server_restarting` (the drain), or, for readers elsewhere, `instance_lost`
+    (its instance went away) and `stream_incomplete` (frames nobody can deliver)."""
+
+    reason: str
+
+    def error(self) -> ChatRelayError | None:
+        """The error its readers are told of; None for an end they asked for (a Stop, or
+        readers that left)."""
+        if self.reason == "server_restarting":
+            return ServerRestarting(
+                "The server is restarting; resume this stream or send the message again."
+            )
+        if self.reason == "instance_lost":
+            return InstanceLost()
+        if self.reason == "stream_incomplete":
+            return StreamIncomplete()
+        return None
+
+
+StreamEvent = Answering | TextDelta | ThinkingDelta | End | Cut
+# The last event of every stream: nothing follows it.
+TERMINAL = (End, Cut)
+
+
+@dataclass(frozen=True, slots=True)
+class StreamMeta:
+    """What a stream's readers need beside its events, known before its first event: who
+    started it, through which surface (whose encoder renders it), and that surface's options."""
+
+    stream_id: str
+    surface: str
+    created: int  # Unix time
+    requested_model: str
+    conversation_id: str | None = None
+    history_omitted: int = 0
+    warnings: tuple[str, ...] = ()
+    options: Mapping[str, Any] = field(default_factory=dict)
+    request_id: str | None = None  # of the request that started it: what its errors quote
+
+
+# -- what is stored --------------------------------------------------------------------------
+@dataclass(slots=True)
+class Reply:
+    """How an assistant turn went, recorded when its stream ends."""
+
+    content: str
+    model: str | None
+    stream_id: str
+    end_reason: str
+    stop_reason: str | None = None
+    error_code: str | None = None
+    error_message: str | None = None  # the error frame's message, safe to show a user
+    input_tokens: int | None = None
+    output_tokens: int | None = None
+    usage_estimated: bool = False
+    ttft_ms: int | None = None
+    duration_ms: int | None = None
+    thinking: str | None = None

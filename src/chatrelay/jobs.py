@@ -13,8 +13,8 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
-from typing import TYPE_CHECKING, Any, TypeVar
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Any
 
 from .errors import ServerRestarting
 
@@ -22,8 +22,6 @@ if TYPE_CHECKING:
     from .chat import ChatJob
 
 log = logging.getLogger("chatrelay.jobs")
-
-T = TypeVar("T")
 
 # How long the cancelled replies may take to store their partial reply.
 CANCEL_WAIT_S = 5.0
@@ -33,35 +31,28 @@ class RunningJobs:
     """This instance's running non-streaming replies."""
 
     def __init__(self) -> None:
-        self._running: dict[asyncio.Task[Any], ChatJob] = {}
+        # Each task, and how to tell its job why it is cut (the job's `events(cut)`).
+        self._running: dict[asyncio.Task[Any], Callable[[str], None]] = {}
         self.draining = False
 
     def __len__(self) -> int:
         return len(self._running)
 
-    def add(self, job: ChatJob, task: asyncio.Task[Any]) -> None:
-        """Track `task`, which collects `job`'s reply, until it is done."""
-        self._running[task] = job
+    async def admit(self, job: ChatJob) -> None:
+        """While the server drains, a new reply is refused: its job is ended unrun (its turn
+        recorded, its reservation given back)."""
+        if self.draining:
+            refused = ServerRestarting()
+            await job.abandon(refused)
+            raise refused
+
+    def add(self, task: asyncio.Task[Any], cut: Callable[[str], None]) -> None:
+        """Track `task` until it is done; `cut(reason)` records why, before it is cancelled."""
+        self._running[task] = cut
         task.add_done_callback(self._forget)
 
     def _forget(self, task: asyncio.Task[Any]) -> None:
         self._running.pop(task, None)
-
-    @staticmethod
-    async def start(
-        job: ChatJob, collect: Callable[[ChatJob], Coroutine[Any, Any, T]]
-    ) -> asyncio.Task[T]:
-        """`collect(job)` in a task of its own, tracked by the job's registry; while it drains,
-        the job is ended unrun (its turn recorded, its reservation given back) and refused."""
-        running = job.running
-        if running is not None and running.draining:
-            refused = ServerRestarting()
-            await job.abandon(refused)
-            raise refused
-        task = asyncio.ensure_future(collect(job))
-        if running is not None:
-            running.add(job, task)
-        return task
 
     async def drain(self, grace_s: float) -> None:
         """Refuse new replies, let running ones finish for `grace_s`, then cancel the rest."""
@@ -73,9 +64,9 @@ class RunningJobs:
                 len(self._running),
             )
             await asyncio.wait(set(self._running), timeout=grace_s)
-        for task, job in list(self._running.items()):
-            if not task.done() and job.cancel_reason is None:
-                job.cancel_reason = "server_restarting"
+        for task, cut in list(self._running.items()):
+            if not task.done():
+                cut("server_restarting")
                 task.cancel()
         if self._running:
             await asyncio.wait(set(self._running), timeout=CANCEL_WAIT_S)

@@ -24,7 +24,16 @@ from dataclasses import dataclass
 from typing import Any
 
 from .errors import ChatRelayError, InternalError, UpstreamError, UpstreamFailed, UpstreamTimeout
-from .events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
+from .events import (
+    Answering,
+    End,
+    ProviderEvent,
+    RelayEvent,
+    Stop,
+    TextDelta,
+    ThinkingDelta,
+    Usage,
+)
 from .metrics import Metrics
 from .providers import ChatParams
 from .routing import Target
@@ -33,27 +42,6 @@ from .tokens import chars_to_tokens
 log = logging.getLogger("chatrelay.relay")
 
 FALLBACK_CODES = frozenset({"rate_limited", "overloaded", "upstream_error", "upstream_timeout"})
-
-
-@dataclass(slots=True, frozen=True)
-class Answering:
-    """The model that answers; `fallback_from` lists the aliases that failed before it."""
-
-    target: Target
-    fallback_from: tuple[str, ...] = ()
-
-
-@dataclass(slots=True, frozen=True)
-class End:
-    """How a reply ended: `error` is None for a complete reply."""
-
-    stop_reason: str | None
-    usage: Usage | None
-    error: ChatRelayError | None = None
-    attempts: int = 1
-
-
-RelayEvent = Answering | TextDelta | ThinkingDelta | End
 
 
 @dataclass(frozen=True, slots=True)
@@ -135,10 +123,10 @@ class Relay:
                         self._metrics.fallback(target.spec.alias, following)
                     failed.append(target.spec.alias)
                     continue
-                yield Answering(target, tuple(failed))
+                yield Answering(target.spec, tuple(failed))
                 yield End(None, opened.usage, opened.error, opened.attempts)
                 return
-            yield Answering(target, tuple(failed))
+            yield Answering(target.spec, tuple(failed))
             outcome = "cancelled"
             try:
                 # `async for` alone would leave the inner generator (and the upstream) open

@@ -40,6 +40,7 @@ from sqlalchemy.orm import selectinload
 
 from .conversation_ids import STORED_ID_LENGTH
 from .errors import ConversationBusy
+from .events import Reply
 from .group_commit import GroupCommit
 from .tables import Conversation, Instance, Message
 
@@ -63,25 +64,6 @@ def now() -> datetime:
 def new_id() -> str:
     """Opaque and unguessable (122 random bits)."""
     return str(uuid.uuid4())
-
-
-@dataclass(slots=True)
-class Reply:
-    """How an assistant turn went, recorded when its stream ends."""
-
-    content: str
-    model: str | None
-    stream_id: str
-    end_reason: str
-    stop_reason: str | None = None
-    error_code: str | None = None
-    error_message: str | None = None  # the error frame's message, safe to show a user
-    input_tokens: int | None = None
-    output_tokens: int | None = None
-    usage_estimated: bool = False
-    ttft_ms: int | None = None
-    duration_ms: int | None = None
-    thinking: str | None = None
 
 
 @dataclass(slots=True)

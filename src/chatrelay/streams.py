@@ -1,38 +1,37 @@
 """Generations decoupled from HTTP responses: resume, Stop, grace, idempotency, shutdown.
 
-Each accepted `/ai/stream/chat` request becomes one *generation*: a task that runs the reply
-and appends its SSE frames to the stream's event log. HTTP responses are *readers* of that log:
-the POST's own response, and any `GET /ai/stream/{id}` resuming after a dropped connection,
-on this instance or (with Redis) another one.
+Each accepted streaming request, whatever its surface, becomes one *generation*: a task that
+runs the reply and appends its events (`events.StreamEvent`) to the stream's event log. HTTP
+responses are *readers* of that log: the POST's own response, and any `GET /ai/stream/{id}`
+resuming after a dropped connection, on this instance or (with Redis) another one. Each
+reader's surface (surfaces/) encodes the events as its frames; the hub never sees a frame.
 
-    POST ──> hub.open(job) ──> task: seed_frames(job) ──append──> event log
-                  │                                                  │
-                  └──> reader ──────────── read(after=N) ────────────┘ <── GET /ai/stream/{id}
+    POST ──> hub.open(job) ──> task: job.events() ──append──> event log
+                  │                                              │
+                  └──> Reader ───────── read(after=N) ───────────┘ <── GET /ai/stream/{id}
 
-- When the last reader of a running generation goes away, it runs on for the grace period,
+- When the last reader of a running generation goes away, it runs on for its resume grace,
   waiting for a resume; then it is cancelled (which closes the upstream request). A grace of 0
-  cancels at once, as a plain relay would.
-- Stop cancels the generation wherever it runs; its readers get an `end` frame with reason
-  `stopped`, then `[DONE]`. It answers `stopped` only once the generation has ended (on
-  another instance: once that instance says so), else `stop_unconfirmed` after `stop_wait_s`.
+  cancels at once, as a plain relay would. The grace is the server's (`resume_grace_s`) unless
+  the request asked for less (`X-Resume-Grace`; surfaces whose clients never resume ask 0).
+- Stop cancels the generation wherever it runs; its readers get a `Cut("stopped")`. It
+  answers `stopped` only once the generation has ended (on another instance: once that
+  instance says so), else `stop_unconfirmed` after `stop_wait_s`.
 - On shutdown new streams are refused, running ones get `shutdown_grace_s` to finish, and the
-  rest end with a `server_restarting` error frame.
-
-A generation's *wire* says what its frames look like: the seed's SSE frames (`SEED`, for
-`/ai/stream/chat`), or OpenAI's chunks (`openai_compat.ChunkStream`, for `/v1/chat/completions`).
+  rest end with `Cut("server_restarting")`.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import AsyncGenerator
+from collections.abc import AsyncGenerator, AsyncIterator
 from contextlib import aclosing
-from typing import TYPE_CHECKING, Protocol
+from typing import TYPE_CHECKING
 
-from .errors import NotFound, ServerRestarting, StopUnconfirmed, StreamEnded
-from .eventlogs import EventLog
-from .sse import DONE_SUFFIX, cancelled_frames, seed_frames
+from .errors import ChatRelayError, NotFound, ServerRestarting, StopUnconfirmed
+from .eventlogs import Batch, EventLog, StreamInfo
+from .events import Answering, Cut, End, StreamMeta
 
 if TYPE_CHECKING:
     from .chat import ChatJob
@@ -46,49 +45,80 @@ STOP_WAIT_S = 5.0
 STOPPED_REMEMBERED = 10_000
 
 
-class Wire(Protocol):
-    """The frames of one generation, and how they end when it is cut."""
-
-    # Whether readers can resume it (its frames carry ids): if not, the last reader leaving
-    # cancels it at once instead of after the resume grace.
-    resumable: bool
-
-    def frames(self, job: ChatJob) -> AsyncGenerator[bytes, None]:
-        """The reply's frames; the last one ends with `data: [DONE]`."""
-        ...
-
-    def cancelled(self, reason: str, seq: int) -> list[bytes]:
-        """The last frames (from `seq` on) of a generation cut for `reason`."""
-        ...
-
-
-class SeedWire:
-    """The seed guide's SSE frames (`sse.py`)."""
-
-    resumable = True
-
-    def frames(self, job: ChatJob) -> AsyncGenerator[bytes, None]:
-        return seed_frames(job)
-
-    def cancelled(self, reason: str, seq: int) -> list[bytes]:
-        return cancelled_frames(reason, seq)
-
-
-SEED = SeedWire()
-
-
 class Generation:
     """A reply being generated on this instance."""
 
-    __slots__ = ("ended", "grace", "job", "readers", "task", "wire")
+    __slots__ = ("cut", "ended", "grace", "grace_s", "job", "readers", "task")
 
-    def __init__(self, job: ChatJob, wire: Wire) -> None:
+    def __init__(self, job: ChatJob, grace_s: float) -> None:
         self.job = job
-        self.wire = wire
-        self.ended = False  # its last frame ([DONE]) is out; only bookkeeping remains
+        self.grace_s = grace_s
+        self.ended = False  # its last event is out; only bookkeeping remains
+        self.cut: str | None = None  # why it was cancelled, when it was
         self.readers = 0
         self.grace: asyncio.TimerHandle | None = None
         self.task: asyncio.Task[None] | None = None
+
+
+class Reader:
+    """One reader of a stream: its meta, then its events in batches, from event 1.
+
+    `opening()` looks ahead at how the reply opens, for surfaces that answer a failure before
+    any output with an HTTP status; what it read is still delivered by the iteration.
+    """
+
+    def __init__(self, info: StreamInfo, batches: AsyncGenerator[Batch, None]) -> None:
+        self.info = info
+        self._batches = batches
+        self._ahead: list[Batch] = []
+        self._next: asyncio.Future[Batch] | None = None
+
+    @property
+    def meta(self) -> StreamMeta:
+        return self.info.meta
+
+    async def __aiter__(self) -> AsyncIterator[Batch]:
+        while self._ahead:
+            yield self._ahead.pop(0)
+        if self._next is not None:
+            pending, self._next = self._next, None
+            try:
+                yield await pending
+            except StopAsyncIteration:
+                return
+        async for batch in self._batches:
+            yield batch
+
+    async def opening(self, wait_s: float) -> ChatRelayError | None:
+        """The error the reply failed with before any output, if it did; None once it has
+        output, or when it has given no sign within `wait_s`."""
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + wait_s
+        while True:
+            if self._next is None:
+                self._next = asyncio.ensure_future(anext(self._batches))
+            done, _ = await asyncio.wait({self._next}, timeout=max(0.0, deadline - loop.time()))
+            if not done:
+                return None
+            pending, self._next = self._next, None
+            try:
+                batch = pending.result()
+            except StopAsyncIteration:
+                return None
+            self._ahead.append(batch)
+            for event in batch[1]:
+                if type(event) is Answering:
+                    continue
+                if type(event) is End:
+                    return event.error
+                if type(event) is Cut and event.reason == "server_restarting":
+                    return ServerRestarting()
+                return None
+
+    async def aclose(self) -> None:
+        if self._next is not None:
+            self._next.cancel()
+        await self._batches.aclose()
 
 
 class StreamHub:
@@ -117,43 +147,46 @@ class StreamHub:
 
     # -- generations -------------------------------------------------------------------------
     async def open(
-        self, job: ChatJob, owner: str, wire: Wire = SEED
-    ) -> AsyncGenerator[bytes, None]:
-        """Start generating `job`; return the first reader (already counted)."""
+        self, job: ChatJob, owner: str, meta: StreamMeta, grace_s: float | None = None
+    ) -> Reader:
+        """Start generating `job`; return its first reader (already counted). `grace_s`: how
+        long it runs on without readers (at most the server's resume grace)."""
         if self.draining:
             raise ServerRestarting()
-        await self.events.create(job.stream_id, owner)
-        generation = Generation(job, wire)
+        await self.events.create(meta, owner)
+        grace = self._grace_s if grace_s is None else max(0.0, min(grace_s, self._grace_s))
+        generation = Generation(job, grace)
         generation.readers = 1  # the POST's own response, before it starts reading
         self._running[job.stream_id] = generation
         generation.task = asyncio.get_running_loop().create_task(
             self._generate(generation), name=f"generation-{job.stream_id}"
         )
-        return self._read(job.stream_id, 0, generation)
+        info = StreamInfo(meta, owner, self.instance, finished=False)
+        return Reader(info, self._read(job.stream_id, 0, generation))
 
     async def _generate(self, generation: Generation) -> None:
         stream_id = generation.job.stream_id
         seq = 0
         try:
             try:
-                async with aclosing(generation.wire.frames(generation.job)) as frames:
-                    async for frame in frames:
+                events = generation.job.events(lambda: generation.cut)
+                async with aclosing(events) as replies:
+                    async for event in replies:
                         seq += 1
-                        await self.events.append(stream_id, seq, frame)
-                        if frame.endswith(DONE_SUFFIX):
+                        if type(event) is End:
                             generation.ended = True
+                        await self.events.append(stream_id, seq, event)
             except asyncio.CancelledError:
-                # Stopped, abandoned by its readers, or the server is going away: the job has
-                # recorded why; the readers (and later resumes) get the matching end frames.
-                reason = generation.job.cancel_reason or "server_restarting"
-                for frame in generation.wire.cancelled(reason, seq + 1):
-                    seq += 1
-                    await self.events.append(stream_id, seq, frame)
+                # Stopped, abandoned by its readers, or the server is going away: the readers
+                # (and later resumes) learn which from the last event.
+                await self.events.append(
+                    stream_id, seq + 1, Cut(generation.cut or "server_restarting")
+                )
         except Exception:
             log.exception("generation %s failed", stream_id)
         finally:
             self._running.pop(stream_id, None)
-            if generation.job.cancel_reason == "stopped":
+            if generation.cut == "stopped" and not generation.ended:
                 self._stopped[stream_id] = None
                 if len(self._stopped) > STOPPED_REMEMBERED:
                     del self._stopped[next(iter(self._stopped))]
@@ -168,22 +201,18 @@ class StreamHub:
         task = generation.task
         if generation.ended:
             return  # the reply is complete; cancelling now would only lose its bookkeeping
-        if task is not None and not task.done() and generation.job.cancel_reason is None:
-            generation.job.cancel_reason = reason
+        if task is not None and not task.done() and generation.cut is None:
+            generation.cut = reason
             task.cancel()
 
     # -- readers -----------------------------------------------------------------------------
-    async def follow(
-        self, stream_id: str, owner: str | None, after: int
-    ) -> AsyncGenerator[bytes, None]:
-        """A reader of an existing stream from frame `after` on (404 if unknown or not
-        `owner`'s; `owner=None` is an admin, who may read every stream)."""
+    async def follow(self, stream_id: str, owner: str | None) -> Reader:
+        """A reader of an existing stream, from its first event (404 if unknown or not
+        `owner`'s; `owner=None` is an admin, who may read every stream). Its surface skips
+        what the client already has."""
         info = await self.events.info(stream_id)
         if info is None or (owner is not None and info.owner != owner):
             raise NotFound(f"Stream {stream_id!r} not found (unknown, or expired)")
-        if info.finished and after >= info.last_seq:
-            # Every frame is out: an empty 200 with no end marker would read as a cut.
-            raise StreamEnded(stream_id, after)
         generation = self._running.get(stream_id)
         if generation is not None:
             generation.readers += 1
@@ -192,15 +221,15 @@ class StreamHub:
                 generation.grace = None
         else:
             await self.events.attach(stream_id)
-        return self._read(stream_id, after, generation)
+        return Reader(info, self._read(stream_id, 0, generation))
 
     async def _read(
         self, stream_id: str, after: int, generation: Generation | None
-    ) -> AsyncGenerator[bytes, None]:
+    ) -> AsyncGenerator[Batch, None]:
         try:
-            async with aclosing(self.events.read(stream_id, after)) as frames:
-                async for chunk in frames:
-                    yield chunk
+            async with aclosing(self.events.read(stream_id, after)) as batches:
+                async for batch in batches:
+                    yield batch
         finally:
             if generation is not None:
                 generation.readers -= 1
@@ -212,13 +241,13 @@ class StreamHub:
     def _arm_grace(self, generation: Generation) -> None:
         if generation.task is None or generation.task.done():
             return
-        if self._grace_s <= 0 or not generation.wire.resumable:
+        if generation.grace_s <= 0:
             self._cancel(generation, "disconnected")
             return
         if generation.grace is None:
             loop = asyncio.get_running_loop()
             generation.grace = loop.call_later(
-                self._grace_s, lambda: loop.create_task(self._grace_expired(generation))
+                generation.grace_s, lambda: loop.create_task(self._grace_expired(generation))
             )
 
     async def _grace_expired(self, generation: Generation) -> None:
@@ -230,7 +259,7 @@ class StreamHub:
         log.info(
             "stream %s has had no reader for %g s: cancelling",
             generation.job.stream_id,
-            self._grace_s,
+            generation.grace_s,
         )
         self._cancel(generation, "disconnected")
 
@@ -267,7 +296,7 @@ class StreamHub:
             await asyncio.wait({task}, timeout=self.stop_wait_s)
             if not task.done():
                 return None
-        return "stopped" if generation.job.cancel_reason == "stopped" else "finished"
+        return "stopped" if generation.cut == "stopped" and not generation.ended else "finished"
 
     def _ended_answer(self, stream_id: str) -> str:
         """A Stop's answer for a stream of this instance that no longer runs: `stopped` if a

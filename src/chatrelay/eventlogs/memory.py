@@ -1,7 +1,7 @@
 """The in-process event log: for one instance (the default when no REDIS_URL is set).
 
-Per stream it keeps the list of encoded frames, an owner, a finished flag and one waiter:
-a few hundred bytes beyond the frames themselves.
+Per stream it keeps the list of its events, its meta, an owner, a finished flag and one waiter:
+a few hundred bytes beyond the events themselves.
 """
 
 from __future__ import annotations
@@ -11,23 +11,25 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from . import StreamInfo
+from ..events import StreamEvent, StreamMeta
+from . import Batch, StreamInfo
 
 
 class MirroredStream:
-    """One stream's frames (frame `seq` is `frames[seq - 1]`), owner and finished flag."""
+    """One stream's events (event `seq` is `events[seq - 1]`), owner and finished flag."""
 
-    __slots__ = ("finished", "frames", "loop", "owner", "waiters")
+    __slots__ = ("events", "finished", "loop", "meta", "owner", "waiters")
 
-    def __init__(self, owner: str, loop: asyncio.AbstractEventLoop) -> None:
+    def __init__(self, meta: StreamMeta, owner: str, loop: asyncio.AbstractEventLoop) -> None:
+        self.meta = meta
         self.owner = owner
         # Kept: asyncio.get_running_loop() is a getpid() system call each time, and readers
-        # wait once per frame.
+        # wait once per event.
         self.loop = loop
-        self.frames: list[bytes] = []
+        self.events: list[StreamEvent] = []
         self.finished = False
         # One future per waiting reader (nearly always one): a reader that leaves cancels
-        # only its own, with no `asyncio.shield` per frame.
+        # only its own, with no `asyncio.shield` per event.
         self.waiters: list[asyncio.Future[None]] = []
 
     def wake(self) -> None:
@@ -48,7 +50,7 @@ class MirroredStream:
 
 
 class MemoryEventLog:
-    """Frames in memory; finished streams expire `ttl_s` after their end."""
+    """Events in memory; finished streams expire `ttl_s` after their end."""
 
     def __init__(self, instance: str, ttl_s: float) -> None:
         self.instance = instance
@@ -66,13 +68,13 @@ class MemoryEventLog:
             if expires <= now:
                 del self._claims[claim]
 
-    async def create(self, stream_id: str, owner: str) -> None:
+    async def create(self, meta: StreamMeta, owner: str) -> None:
         self._sweep()
-        self._streams[stream_id] = MirroredStream(owner, asyncio.get_running_loop())
+        self._streams[meta.stream_id] = MirroredStream(meta, owner, asyncio.get_running_loop())
 
-    async def append(self, stream_id: str, seq: int, frame: bytes) -> None:
+    async def append(self, stream_id: str, seq: int, event: StreamEvent) -> None:
         stream = self._streams[stream_id]
-        stream.frames.append(frame)
+        stream.events.append(event)
         stream.wake()
 
     async def finish(self, stream_id: str) -> None:
@@ -101,21 +103,21 @@ class MemoryEventLog:
         if stream is None:
             return None
         return StreamInfo(
-            stream_id, stream.owner, self.instance, stream.finished, len(stream.frames)
+            stream.meta, stream.owner, self.instance, stream.finished, len(stream.events)
         )
 
-    async def read(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
+    async def read(self, stream_id: str, after: int) -> AsyncGenerator[Batch, None]:
         stream = self._streams.get(stream_id)
         if stream is None:
             return
         index = after
-        frames = stream.frames
+        events = stream.events
         while True:
-            if index < len(frames):
-                # Everything that piled up goes out in one write.
-                batch = frames[index:]
+            if index < len(events):
+                # Everything that piled up goes out together (in one write, once encoded).
+                batch = events[index:]
+                yield index + 1, batch
                 index += len(batch)
-                yield batch[0] if len(batch) == 1 else b"".join(batch)
             elif stream.finished:
                 return
             else:

@@ -2,21 +2,21 @@
 
 Keys (all under the configured prefix):
 
-    {p}:s:{id}           hash: owner, instance, finished  (expires with the stream)
-    {p}:s:{id}:log       Redis Stream of frames; entry id `0-<seq>`, so a resume after frame N
-                         is one XREAD from `0-N`
+    {p}:s:{id}           hash: meta, owner, instance, finished  (expires with the stream)
+    {p}:s:{id}:log       Redis Stream of events (codec.py); entry id `0-<seq>`, so a resume
+                         after event N is one XREAD from `0-N`
     {p}:s:{id}:readers   readers following the stream from other instances
     {p}:s:{id}:stopped   the generating instance's answer to a Stop (`stopped`, `finished`)
     {p}:i:{instance}     the instance's lease, renewed every second: gone = instance lost
     {p}:c:{instance}     pub/sub channel: `stop <id>`, `readers <id>` for the owning instance
     {p}:idem:{owner}:{key}   idempotency key -> stream id
 
-Frames are appended to an in-memory mirror first, so readers on the generating instance (the
+Events are appended to an in-memory mirror first, so readers on the generating instance (the
 POST's own response, and most resumes) never wait on Redis; one copying task per instance
-copies the mirror to Redis, every stream that has new frames in one round trip. A copy is a
-script that writes only the frames that follow what the Redis Stream holds, and says when it
+copies the mirror to Redis, every stream that has new events in one round trip. A copy is a
+script that writes only the events that follow what the Redis Stream holds, and says when it
 holds fewer than expected (Redis restarted without its data): the copier then sends them again
-from the mirror. So the Redis Stream never has a gap, and frames that could not be copied
+from the mirror. So the Redis Stream never has a gap, and events that could not be copied
 during an outage are copied once Redis is back.
 
 Every background loop (the copier, the lease, the control channel, remote readers) survives
@@ -30,7 +30,6 @@ import asyncio
 import contextlib
 import hashlib
 import itertools
-import json
 import logging
 import math
 import time
@@ -41,9 +40,10 @@ from redis.asyncio import Redis
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from ..errors import StorageUnavailable
+from ..events import TERMINAL, Cut, StreamEvent, StreamMeta
 from ..outages import storage_outage
-from ..sse import DONE_SUFFIX, cancelled_frames
-from . import StreamInfo
+from . import Batch, StreamInfo
+from .codec import dump, dump_meta, load, load_meta
 from .memory import MemoryEventLog
 
 log = logging.getLogger("chatrelay.eventlogs.redis")
@@ -57,16 +57,16 @@ READ_BLOCK_MS = 1000
 # client's own reconnection attempts).
 BACKOFF_BASE_S = 0.05
 BACKOFF_CAP_S = 1.0
-# One copying round trip: at most this many streams, and frames per stream.
+# One copying round trip: at most this many streams, and events per stream.
 COPY_STREAMS = 256
-COPY_FRAMES = 512
+COPY_EVENTS = 512
 # A remote reader that finds the stream's keys gone from Redis (it restarted without its
 # data) waits this long for the generating instance to write them again.
 RESTORE_WAIT_S = 2 * LEASE_MS / 1000
 # A Stop is published again this often until the generating instance answers.
 STOP_REPUBLISH_S = 0.5
 STOP_POLL_S = 0.05
-# How long a clean shutdown waits for the copier to write the frames it still holds.
+# How long a clean shutdown waits for the copier to write the events it still holds.
 CLOSE_FLUSH_S = 2.0
 # A stream this instance cannot find in a Redis that may just have lost its data (restarted
 # less than RECENT_LOSS_S ago, or this instance's own outage ended that recently) is looked for
@@ -82,31 +82,31 @@ ANSWER_WRITE_S = 5.0
 # the pool still held to the old server fails once (the client does not retry them).
 OUTAGE_SETTLE_S = 2.0
 
-# KEYS: meta, log, readers, lease
-# ARGV: owner, instance, first seq, final ("1": these frames end the stream), running TTL,
-#       finished TTL, lease ms, frames first, first + 1, ...
-# Returns the seq of the last frame the log holds, which is below `first - 1` when Redis lost
-# frames (send again from there), or -1 when someone else ended the log (a reader that found
+# KEYS: meta, log, readers, lease  (an entry whose tag is in codec.TERMINAL_TAGS ends a log)
+# ARGV: owner, instance, first seq, final ("1": these events end the stream), running TTL,
+#       finished TTL, lease ms, meta, events first, first + 1, ...
+# Returns the seq of the last event the log holds, which is below `first - 1` when Redis lost
+# events (send again from there), or -1 when someone else ended the log (a reader that found
 # this instance's lease gone wrote `instance_lost`): nothing more to copy.
 COPY_SCRIPT = """
 local meta, stream = KEYS[1], KEYS[2]
 if redis.call('EXISTS', meta) == 0 then
-  redis.call('HSET', meta, 'owner', ARGV[1], 'instance', ARGV[2], 'finished', '0')
+  redis.call('HSET', meta, 'owner', ARGV[1], 'instance', ARGV[2], 'finished', '0', 'meta', ARGV[8])
   redis.call('SET', KEYS[4], '1', 'PX', ARGV[7])
 end
 local top, ended = 0, false
 local last = redis.call('XREVRANGE', stream, '+', '-', 'COUNT', 1)[1]
 if last then
   top = tonumber(string.match(last[1], '%d+$'))
-  ended = string.sub(last[2][2], -15) == 'data: [DONE]\\n\\n'
+  ended = string.find('ec', string.sub(last[2][2], 1, 1), 1, true) ~= nil
 end
 local first = tonumber(ARGV[3])
 if top < first - 1 then return top end
-local count = #ARGV - 7
+local count = #ARGV - 8
 if first + count - 1 > top then
   if ended then return -1 end
   for i = top - first + 2, count do
-    redis.call('XADD', stream, '0-' .. (first + i - 1), 'f', ARGV[7 + i])
+    redis.call('XADD', stream, '0-' .. (first + i - 1), 'f', ARGV[8 + i])
   end
   top = first + count - 1
 end
@@ -156,7 +156,7 @@ class _Outage:
             return
         self.down_since = time.monotonic()
         log.warning(
-            "Redis is unreachable (%s: %s, %s): streams go on from memory; their frames are"
+            "Redis is unreachable (%s: %s, %s): streams go on from memory; their events are"
             " copied to Redis once it is back",
             type(exc).__name__,
             exc,
@@ -169,7 +169,7 @@ class _Outage:
             return
         now = time.monotonic()
         log.info(
-            "Redis is reachable again after %.1f s; copying the frames it missed",
+            "Redis is reachable again after %.1f s; copying the events it missed",
             now - self.down_since,
             extra={"instance": self.instance},
         )
@@ -186,7 +186,7 @@ class RedisEventLog:
         self._prefix = prefix
         self._ttl = max(1, int(ttl_s))
         self._local = MemoryEventLog(instance, ttl_s)
-        # Per local stream not yet wholly in Redis: how many of its frames Redis holds.
+        # Per local stream not yet wholly in Redis: how many of its events Redis holds.
         self._copied: dict[str, int] = {}
         # Streams with something to copy, in order (a dict as an ordered set).
         self._dirty: dict[str, None] = {}
@@ -217,37 +217,42 @@ class RedisEventLog:
         return f"{self._prefix}:c:{instance}"
 
     # -- writing -----------------------------------------------------------------------------
-    async def create(self, stream_id: str, owner: str) -> None:
-        meta = self._meta(stream_id)
+    async def create(self, meta: StreamMeta, owner: str) -> None:
+        stream_id = meta.stream_id
+        key = self._meta(stream_id)
+        fields = {
+            "owner": owner,
+            "instance": self.instance,
+            "finished": "0",
+            "meta": dump_meta(meta),
+        }
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                pipe.hset(
-                    meta, mapping={"owner": owner, "instance": self.instance, "finished": "0"}
-                )
-                pipe.expire(meta, RUNNING_TTL_S)
+                pipe.hset(key, mapping=fields)  # type: ignore[arg-type]
+                pipe.expire(key, RUNNING_TTL_S)
                 await pipe.execute()
         except FAILURES as exc:
             # A ChatRelayError, so the route ends the turn it began (unlocks the conversation).
             if (outage := storage_outage(exc)) is None:
                 raise
             raise outage from exc
-        await self._local.create(stream_id, owner)
+        await self._local.create(meta, owner)
         self._copied[stream_id] = 0
 
-    async def append(self, stream_id: str, seq: int, frame: bytes) -> None:
-        await self._local.append(stream_id, seq, frame)
+    async def append(self, stream_id: str, seq: int, event: StreamEvent) -> None:
+        await self._local.append(stream_id, seq, event)
         self._dirty[stream_id] = None
         self._wake.set()
 
     async def finish(self, stream_id: str) -> None:
         """Readers here are told at once; the copier marks the stream finished in Redis after
-        its last frames (whenever Redis can take them)."""
+        its last events (whenever Redis can take them)."""
         await self._local.finish(stream_id)
         self._dirty[stream_id] = None
         self._wake.set()
 
     async def _copy(self) -> None:
-        """Copy every local stream's new frames to Redis, until the log is closed."""
+        """Copy every local stream's new events to Redis, until the log is closed."""
         failures = 0
         while True:
             if not self._dirty:
@@ -264,13 +269,13 @@ class RedisEventLog:
                 failures = 0
                 self._outage.ok()
                 continue
-            self._outage.failed(started, "copying frames", refused)
+            self._outage.failed(started, "copying events", refused)
             await asyncio.sleep(_backoff(failures))
             failures += 1
 
     async def _copy_round(self) -> Exception | None:
-        """One round trip: the next frames of up to COPY_STREAMS streams. Returns the error of
-        a stream whose copy Redis refused (its frames stay, for the next try)."""
+        """One round trip: the next events of up to COPY_STREAMS streams. Returns the error of
+        a stream whose copy Redis refused (its events stay, for the next try)."""
         calls = []
         async with self._redis.pipeline(transaction=False) as pipe:
             for stream_id in list(itertools.islice(self._dirty, COPY_STREAMS)):
@@ -279,9 +284,9 @@ class RedisEventLog:
                     self._dirty.pop(stream_id, None)
                     self._copied.pop(stream_id, None)
                     continue
-                done = self._copied.setdefault(stream_id, len(stream.frames))
-                frames = stream.frames[done : done + COPY_FRAMES]
-                final = stream.finished and done + len(frames) == len(stream.frames)
+                done = self._copied.setdefault(stream_id, len(stream.events))
+                events = stream.events[done : done + COPY_EVENTS]
+                final = stream.finished and done + len(events) == len(stream.events)
                 pipe.evalsha(
                     COPY_SHA,
                     4,
@@ -296,7 +301,8 @@ class RedisEventLog:
                     RUNNING_TTL_S,
                     self._ttl,
                     LEASE_MS,
-                    *frames,
+                    dump_meta(stream.meta),
+                    *[dump(event) for event in events],
                 )
                 calls.append((stream_id, stream, final))
             if not calls:
@@ -314,9 +320,9 @@ class RedisEventLog:
                 self._dirty.pop(stream_id, None)
                 self._copied.pop(stream_id, None)
                 continue
-            self._copied[stream_id] = top = min(top, len(stream.frames))
+            self._copied[stream_id] = top = min(top, len(stream.events))
             self._dirty.pop(stream_id, None)
-            if top < len(stream.frames) or final != stream.finished:
+            if top < len(stream.events) or final != stream.finished:
                 self._dirty[stream_id] = None  # more to copy: after the others
             elif final:
                 del self._copied[stream_id]  # wholly in Redis
@@ -331,7 +337,7 @@ class RedisEventLog:
             streams, key=lambda item: bool(item[1] and item[1].finished)
         ):
             if stream is not None:
-                self._copied.setdefault(stream_id, len(stream.frames))
+                self._copied.setdefault(stream_id, len(stream.events))
                 self._dirty[stream_id] = None
         self._wake.set()
 
@@ -379,29 +385,29 @@ class RedisEventLog:
         newest = await self._redis.xrevrange(self._log(stream_id), count=1) or []
         last = [entry_id for entry_id, _ in newest if entry_id]
         return StreamInfo(
-            stream_id,
+            load_meta(meta[b"meta"]),
             _text(meta[b"owner"]),
             _text(meta[b"instance"]),
             meta.get(b"finished") == b"1",
             int(_text(last[0]).partition("-")[2]) if last else 0,  # entry ids are 0-<seq>
         )
 
-    async def read(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
+    async def read(self, stream_id: str, after: int) -> AsyncGenerator[Batch, None]:
         if self._local.has(stream_id):
-            async with contextlib.aclosing(self._local.read(stream_id, after)) as frames:
-                async for chunk in frames:
-                    yield chunk
+            async with contextlib.aclosing(self._local.read(stream_id, after)) as batches:
+                async for batch in batches:
+                    yield batch
             return
-        async with contextlib.aclosing(self._read_remote(stream_id, after)) as frames:
-            async for chunk in frames:
-                yield chunk
+        async with contextlib.aclosing(self._read_remote(stream_id, after)) as batches:
+            async for batch in batches:
+                yield batch
 
-    async def _read_remote(self, stream_id: str, after: int) -> AsyncGenerator[bytes, None]:
+    async def _read_remote(self, stream_id: str, after: int) -> AsyncGenerator[Batch, None]:
         """Follow a stream generated elsewhere, from its Redis Stream.
 
-        Redis going away is waited out (the client sees heartbeats meanwhile). Frames missing
-        from the log (a gap in the ids, or a finished log without its `[DONE]`) are never
-        skipped: the reader ends with a `stream_incomplete` error instead.
+        Redis going away is waited out (the client sees heartbeats meanwhile). Events missing
+        from the log (a gap in the ids, or a finished log without its last event) are never
+        skipped: the reader ends with `Cut("stream_incomplete")` instead.
         """
         key = self._log(stream_id)
         last = after
@@ -434,18 +440,19 @@ class RedisEventLog:
             if reply:
                 keys_gone_at = None
                 finished_seen = False
-                frames: list[bytes] = []
+                first = last + 1
+                events: list[StreamEvent] = []
                 for entry_id, fields in reply[0][1]:
                     seq = int(entry_id.split(b"-")[1])
                     if seq != last + 1:
-                        if frames:
-                            yield b"".join(frames)
-                        yield self._incomplete(stream_id, last, f"frames {last + 1}-{seq - 1}")
+                        if events:
+                            yield first, events
+                        yield self._incomplete(stream_id, last, f"events {last + 1}-{seq - 1}")
                         return
-                    frames.append(fields[b"f"])
+                    events.append(load(fields[b"f"]))
                     last = seq
-                yield b"".join(frames)
-                if frames[-1].endswith(DONE_SUFFIX):
+                yield first, events
+                if isinstance(events[-1], TERMINAL):
                     return
                 continue
             now = time.monotonic()
@@ -460,36 +467,35 @@ class RedisEventLog:
                 continue
             keys_gone_at = None
             if meta.get(b"finished") == b"1":
-                if finished_seen:  # finished, and still no more frames: they are lost
-                    yield self._incomplete(stream_id, last, f"the frames after {last}")
+                if finished_seen:  # finished, and still no more events: they are lost
+                    yield self._incomplete(stream_id, last, f"the events after {last}")
                     return
                 finished_seen = True
-                continue  # one more read collects the last frames
+                continue  # one more read collects the last events
             if not alive:
                 if recovered_at is not None and now - recovered_at < LEASE_MS / 1000:
                     continue  # Redis was away: give the instance time to renew its lease
                 # The generating instance died: tell the readers instead of hanging them.
-                lost = cancelled_frames("instance_lost", last + 1)
+                lost = Cut("instance_lost")
                 await self._record_loss(stream_id, last + 1, lost)
-                yield b"".join(lost)
+                yield last + 1, [lost]
                 return
 
-    def _incomplete(self, stream_id: str, last: int, missing: str) -> bytes:
+    def _incomplete(self, stream_id: str, last: int, missing: str) -> Batch:
         log.warning(
             "stream %s: %s missing from Redis; ending a reader with stream_incomplete",
             stream_id,
             missing,
             extra={"instance": self.instance},
         )
-        return b"".join(cancelled_frames("stream_incomplete", last + 1))
+        return last + 1, [Cut("stream_incomplete")]
 
-    async def _record_loss(self, stream_id: str, seq: int, frames: list[bytes]) -> None:
+    async def _record_loss(self, stream_id: str, seq: int, lost: Cut) -> None:
         """Write the instance_lost end once, so later resumes see it too."""
         key = self._log(stream_id)
         try:
             async with self._redis.pipeline(transaction=True) as pipe:
-                for offset, frame in enumerate(frames):
-                    pipe.xadd(key, {"f": frame}, id=f"0-{seq + offset}")
+                pipe.xadd(key, {"f": dump(lost)}, id=f"0-{seq}")
                 pipe.hset(self._meta(stream_id), "finished", "1")
                 pipe.expire(self._meta(stream_id), self._ttl)
                 pipe.expire(key, self._ttl)
@@ -573,16 +579,14 @@ class RedisEventLog:
             return None
 
     async def _end_reason(self, stream_id: str) -> str | None:
-        """The `reason` of the `end` frame of a finished log (None if not found)."""
-        entries: Any = await self._redis.xrevrange(self._log(stream_id), count=3)
+        """How a finished log ended: a Cut's reason, or `completed` (None if not found)."""
+        entries: Any = await self._redis.xrevrange(self._log(stream_id), count=1)
         for _, fields in entries or []:
-            frame: bytes = fields[b"f"]
-            lines = frame.split(b"\n")
-            if b"event: end" in lines:
-                for line in lines:
-                    if line.startswith(b"data: "):
-                        with contextlib.suppress(ValueError, KeyError, TypeError):
-                            return str(json.loads(line[6:])["reason"])
+            last = load(fields[b"f"])
+            if isinstance(last, Cut):
+                return last.reason
+            if isinstance(last, TERMINAL):
+                return "completed"
         return None
 
     async def start(self, on_control: Callable[[str, str], Awaitable[str | None]]) -> None:

@@ -6,6 +6,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request
 
+from .. import surfaces
 from ..errors import FieldProblem, InvalidField
 from ..principals import principal_of
 from ..settings import Settings
@@ -44,7 +45,9 @@ async def resume_stream(
     settings: Settings = request.app.state.settings
     hub: StreamHub = request.app.state.streams
     offset = _offset(after, request.headers.get("last-event-id"))
-    frames = await hub.follow(stream_id, principal_of(request).scope, offset)
+    reader = await hub.follow(stream_id, principal_of(request).scope)
+    # In the format of the surface that started the stream, whichever it was.
+    frames = await surfaces.resume(reader, offset)
     headers = {"x-stream-id": stream_id, "x-chatrelay-instance": hub.instance}
     return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
 

@@ -1,4 +1,4 @@
-"""The OpenAI-compatible surface: Chat Completions requests in, chunks or a completion out.
+"""The OpenAI surface: Chat Completions requests in, chunks or a completion out.
 
 Requests are translated into the project's own `ChatRequest` (system messages become the
 system prompt, content parts become content blocks), so every model behind chatrelay serves
@@ -8,22 +8,20 @@ structured output) are refused with a 400 that names them, never silently droppe
 
 from __future__ import annotations
 
-import asyncio
 import re
 import time
-from collections.abc import AsyncGenerator
-from contextlib import aclosing
 from typing import Any
 
 import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from .chat import ChatJob, Completion
-from .error_bodies import openai_body
-from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
-from .events import TextDelta, Usage
-from .relay import Answering, End, RelayEvent
-from .schemas import NO_USER_MESSAGE, ChatRequest, problems_from
+from ..chat import ChatJob, Completion
+from ..error_bodies import openai_body
+from ..errors import ChatRelayError, FieldProblem, InvalidField, StreamCut, Unsupported
+from ..events import Answering, Cut, End, StreamEvent, StreamMeta, TextDelta, Usage
+from ..schemas import NO_USER_MESSAGE, ChatRequest, problems_from, validate_json
+
+NAME = "openai"
 
 # The project's stop reasons (Messages API vocabulary) as OpenAI finish reasons.
 FINISH_REASONS = {
@@ -92,6 +90,11 @@ class OpenAIChatRequest(BaseModel):
         for name, bad in refused.items():
             if bad:
                 raise Unsupported(name, "is not supported by this server")
+
+
+def parse(body: bytes) -> OpenAIChatRequest:
+    """The request as OpenAI's API defines it (every error naming its field)."""
+    return validate_json(body, OpenAIChatRequest)
 
 
 def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
@@ -202,131 +205,85 @@ def usage_object(usage: Usage | None) -> dict[str, int] | None:
 
 
 class ChunkEncoder:
-    """Encodes one job's events as `chat.completion.chunk` SSE frames."""
+    """One reader's encoder of a stream's events as `chat.completion.chunk` SSE frames.
 
-    def __init__(self, job: ChatJob, include_usage: bool) -> None:
-        self.job = job
-        self.include_usage = include_usage
+    Every frame carries its `id:` (OpenAI's SDKs read and ignore it), so a dropped stream
+    can be resumed like any other (`GET /ai/stream/{id}` with `Last-Event-ID`).
+    """
+
+    __slots__ = ("_created", "_id", "_prefix", "include_usage")
+
+    def __init__(self, meta: StreamMeta) -> None:
+        self.include_usage = bool(meta.options.get("include_usage"))
+        self._id = f"chatcmpl-{meta.stream_id}"
+        self._created = meta.created
         # Every chunk shares this prefix; only the choices (or usage) differ. The answering
         # model replaces the requested one in it as soon as it is known.
         self._prefix = b""
-        self._set_model(job.requested_model)
+        self._set_model(meta.requested_model)
 
     def _set_model(self, model: str) -> None:
-        self.model = model
         head = {
-            "id": f"chatcmpl-{self.job.stream_id}",
+            "id": self._id,
             "object": "chat.completion.chunk",
-            "created": self.job.created,
+            "created": self._created,
             "model": model,
             "system_fingerprint": None,
         }
         self._prefix = b"data: " + orjson.dumps(head)[:-1] + b',"choices":'
 
-    def _chunk(self, delta: dict[str, Any], finish: str | None = None) -> bytes:
+    def _chunk(self, seq: int, delta: dict[str, Any], finish: str | None = None) -> bytes:
         choice = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
-        return self._prefix + orjson.dumps([choice]) + b',"usage":null}\n\n'
+        return b'id: %d\n%b%b,"usage":null}\n\n' % (seq, self._prefix, orjson.dumps([choice]))
 
-    def encode(self, event: RelayEvent) -> list[bytes]:
-        kind = type(event)
-        if kind is TextDelta:
-            text = orjson.dumps(event.text)  # type: ignore[union-attr]
-            return [
-                self._prefix + b'[{"index":0,"delta":{"content":%b},"logprobs":null,'
-                b'"finish_reason":null}],"usage":null}\n\n' % text
-            ]
-        if kind is Answering:
-            self._set_model(event.target.spec.alias)  # type: ignore[union-attr]
-            return [self._chunk({"role": "assistant", "content": ""})]
-        if kind is End:
-            end: End = event  # type: ignore[assignment]
-            if end.error is not None:
-                return [error_chunk(end.error), DONE]
-            finish = FINISH_REASONS.get(end.stop_reason or "end_turn", "stop")
-            frames = [self._chunk({}, finish)]
+    def encode(self, seq: int, event: StreamEvent) -> bytes:
+        if isinstance(event, TextDelta):
+            return (
+                b'id: %d\n%b[{"index":0,"delta":{"content":%b},"logprobs":null,'
+                b'"finish_reason":null}],"usage":null}\n\n'
+                % (
+                    seq,
+                    self._prefix,
+                    orjson.dumps(event.text),
+                )
+            )
+        if isinstance(event, Answering):
+            self._set_model(event.spec.alias)
+            return self._chunk(seq, {"role": "assistant", "content": ""})
+        if isinstance(event, End):
+            if event.error is not None:
+                return error_chunk(seq, event.error) + done(seq + 1)
+            finish = FINISH_REASONS.get(event.stop_reason or "end_turn", "stop")
+            frames = self._chunk(seq, {}, finish)
             if self.include_usage:
-                usage = usage_object(end.usage) or usage_object(Usage(0, 0))
-                frames.append(self._prefix + b'[],"usage":' + orjson.dumps(usage) + b"}\n\n")
-            frames.append(DONE)
-            return frames
-        return []  # thinking has no place in the Chat Completions format
+                seq += 1
+                usage = usage_object(event.usage) or usage_object(Usage(0, 0))
+                frames += b'id: %d\n%b[],"usage":%b}\n\n' % (seq, self._prefix, orjson.dumps(usage))
+            return frames + done(seq + 1)
+        if isinstance(event, Cut):
+            if event.reason == "stopped":  # as the client asked: the end of a reply
+                return self._chunk(seq, {}, "stop") + done(seq + 1)
+            # Anything else is no end of the reply: whoever resumes it must not take it for one.
+            error = event.error() or StreamCut("The reply was cut before its end: its reader left")
+            return error_chunk(seq, error) + done(seq + 1)
+        return b""  # thinking has no place in the Chat Completions format
 
-    def stopped(self) -> bytes:
-        """The last chunk of a reply cut short on purpose (a Stop)."""
-        return self._chunk({}, "stop")
+
+def done(seq: int) -> bytes:
+    return b"id: %d\ndata: [DONE]\n\n" % seq
 
 
-DONE = b"data: [DONE]\n\n"
-
-
-def error_chunk(error: ChatRelayError) -> bytes:
+def error_chunk(seq: int, error: ChatRelayError) -> bytes:
     """A failure after the 200, in OpenAI's error shape (the SDKs raise it as an APIError)."""
-    return b"data: " + orjson.dumps(openai_body(error)) + b"\n\n"
+    return b"id: %d\ndata: %b\n\n" % (seq, orjson.dumps(openai_body(error)))
 
 
-class ChunkStream:
-    """A `/v1/chat/completions` stream as the hub generates it (a `streams.Wire`).
-
-    Its frames are the job's events as chunks, from the generation's task, so the stream is
-    drained on shutdown and can be stopped like any other. It also tells the route how the
-    reply opened: a failure before the first token is answered as an HTTP status.
-    """
-
-    # Chunks carry no `id:`, so nobody can resume one: a client that leaves cancels it.
-    resumable = False
-
-    def __init__(self, job: ChatJob, include_usage: bool) -> None:
-        self.encoder = ChunkEncoder(job, include_usage)
-        loop = asyncio.get_running_loop()
-        self._began: asyncio.Future[None] = loop.create_future()  # a first event came
-        # How the reply opened: its error if it failed before any output, else None.
-        self._opened: asyncio.Future[ChatRelayError | None] = loop.create_future()
-
-    async def frames(self, job: ChatJob) -> AsyncGenerator[bytes, None]:
-        encode = self.encoder.encode
-        try:
-            async with aclosing(job.events()) as events:
-                async for event in events:
-                    if not self._opened.done():
-                        self._open(event)
-                    for frame in encode(event):
-                        yield frame
-        finally:
-            # Cut before its first output: a shutdown is a status OpenAI clients retry.
-            cut = ServerRestarting() if job.cancel_reason == "server_restarting" else None
-            self._settle(cut)
-
-    def _open(self, event: RelayEvent) -> None:
-        if not self._began.done():
-            self._began.set_result(None)
-        if type(event) is not Answering:  # the answering model, just before its first output
-            self._settle(event.error if type(event) is End else None)
-
-    def _settle(self, failure: ChatRelayError | None) -> None:
-        if not self._began.done():
-            self._began.set_result(None)
-        if not self._opened.done():
-            self._opened.set_result(failure)
-
-    async def failure_before_output(self, wait_s: float) -> ChatRelayError | None:
-        """The error the reply failed with before any output, if it did; None once it has
-        output, or if it has given no sign within `wait_s` (the route then commits to a 200
-        stream, so that proxies see bytes, and a later failure is an error chunk)."""
-        done, _ = await asyncio.wait({self._began}, timeout=wait_s)
-        return await self._opened if done else None
-
-    def cancelled(self, reason: str, seq: int) -> list[bytes]:
-        if reason == "server_restarting":
-            return [error_chunk(ServerRestarting()), DONE]
-        return [self.encoder.stopped(), DONE]  # stopped, or its client left
-
-
-def completion_object(reply: Completion) -> dict[str, Any]:
+def completion_object(job: ChatJob, reply: Completion) -> dict[str, Any]:
     """A whole reply as a `chat.completion` object."""
     return {
-        "id": f"chatcmpl-{reply.job.stream_id}",
+        "id": f"chatcmpl-{job.stream_id}",
         "object": "chat.completion",
-        "created": reply.job.created or int(time.time()),
+        "created": job.created or int(time.time()),
         "model": reply.model,
         "system_fingerprint": None,
         "choices": [
