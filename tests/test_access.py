@@ -90,7 +90,7 @@ def test_unknown_modes_and_bad_limits_are_named() -> None:
 
 async def test_api_keys_are_accepted_and_rejected(client: httpx.AsyncClient, tmp_path: Any) -> None:
     async with running(tmp_path, provider="mock", auth="api_key", key_cache_s=0) as (url, app):
-        key, row = await app.state.keys.create("frontend")
+        key, row = await app.state.services.keys.create("frontend")
         missing = await client.post(f"{url}/ai/stream/chat", json=HI)
         basic = await client.post(
             f"{url}/ai/stream/chat", json=HI, headers={"authorization": "Basic x"}
@@ -101,8 +101,8 @@ async def test_api_keys_are_accepted_and_rejected(client: httpx.AsyncClient, tmp
         )
         ok = await stream_chat(client, url, HI, headers=bearer(key))
         me = (await client.get(f"{url}/me", headers=bearer(key))).json()
-        listed = await app.state.keys.all()
-        await app.state.keys.revoke(row.id)
+        listed = await app.state.services.keys.all()
+        await app.state.services.keys.revoke(row.id)
         revoked = await client.post(f"{url}/ai/stream/chat", json=HI, headers=bearer(key))
         health = await client.get(f"{url}/healthz")
     assert missing.status_code == 401
@@ -132,7 +132,7 @@ async def test_per_key_limits_override_the_defaults(
     client: httpx.AsyncClient, tmp_path: Any
 ) -> None:
     async with running(tmp_path, provider="mock", auth="api_key") as (url, app):
-        key, _ = await app.state.keys.create("batch", rpm=2, daily_tokens=50_000)
+        key, _ = await app.state.services.keys.create("batch", rpm=2, daily_tokens=50_000)
         me = (await client.get(f"{url}/me", headers=bearer(key))).json()["limits"]
     assert me["requests_per_minute"]["limit"] == 2
     assert me["tokens_per_day"]["limit"] == 50_000
@@ -374,9 +374,9 @@ async def test_no_principal_sees_anothers_conversations_or_streams(
 ) -> None:
     settings = {"provider": "mock", "auth": "api_key", "mock_delay_s": 0.05, "resume_grace_s": 5}
     async with running(tmp_path, **settings) as (url, app):
-        alice, alice_row = await app.state.keys.create("alice")
-        bob, bob_row = await app.state.keys.create("bob")
-        root, _ = await app.state.keys.create("ops", admin=True)
+        alice, alice_row = await app.state.services.keys.create("alice")
+        bob, bob_row = await app.state.services.keys.create("bob")
+        root, _ = await app.state.services.keys.create("ops", admin=True)
         body = {**HI, "metadata": {"mock": {"words": 40}}}
         async with client.stream(
             "POST", f"{url}/ai/stream/chat", json=body, headers=bearer(alice)

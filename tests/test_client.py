@@ -306,7 +306,7 @@ async def test_the_key_is_sent_as_a_bearer_token(tmp_path: Any) -> None:
 
     app = create_app(settings)
     async with serve_app(app) as url:
-        key, _ = await app.state.keys.create("client-test")
+        key, _ = await app.state.services.keys.create("client-test")
         async with AsyncChatClient(url) as anonymous:
             with pytest.raises(APIError) as refused:
                 await anonymous.stream("Hi there").text()

@@ -18,8 +18,8 @@ async def test_metrics_need_an_admin_key_or_the_metrics_token_once_auth_is_on(
         url,
         app,
     ):
-        user, _ = await app.state.keys.create("frontend")
-        admin, _ = await app.state.keys.create("ops", admin=True)
+        user, _ = await app.state.services.keys.create("frontend")
+        admin, _ = await app.state.services.keys.create("ops", admin=True)
         anonymous = await client.get(f"{url}/metrics")
         as_user = await client.get(f"{url}/metrics", headers=bearer(user))
         as_admin = await client.get(f"{url}/metrics", headers=bearer(admin))

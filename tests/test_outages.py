@@ -34,8 +34,8 @@ async def test_a_database_outage_is_a_json_503_on_every_route(
     with private_postgres() as postgres:
         app = create_app(make_settings(provider="mock", auth="api_key", database_url=postgres.url))
         async with serve_app(app) as url:
-            key, _ = await app.state.keys.create("frontend")
-            unused, _ = await app.state.keys.create("batch")  # not in the key cache yet
+            key, _ = await app.state.services.keys.create("frontend")
+            unused, _ = await app.state.services.keys.create("batch")  # not in the key cache yet
             headers = {"authorization": f"Bearer {key}"}
             assert (await client.post(f"{url}/ai/chat", json=CHAT, headers=headers)).is_success
             postgres.stop()

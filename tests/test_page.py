@@ -405,7 +405,7 @@ async def _idle(hub: Any) -> bool:
 async def test_stop_ends_the_generation_on_the_server(page: Page, site: Site) -> None:
     await load(page, site.url)
     site.steer.update(words=400, delay_s=0.03)
-    hub = site.app.state.streams
+    hub = site.app.state.services.streams
 
     for how in ("button", "escape"):
         reply = await send(page, f"Count slowly ({how})")
@@ -661,7 +661,7 @@ async def test_the_page_fits_a_phone_screen(browser: Browser, site: Site) -> Non
 
 async def test_the_key_field_when_auth_is_on(browser: Browser, tmp_path: Path) -> None:
     async with running_site(tmp_path, auth="api_key") as site:
-        key, _ = await site.app.state.keys.create("page")
+        key, _ = await site.app.state.services.keys.create("page")
         site.auth = {"authorization": f"Bearer {key}"}
         async with browser_page(browser, site) as page:
             await load(page, site.url)

@@ -136,7 +136,7 @@ class Node:
 
     @property
     def hub(self) -> StreamHub:
-        hub: StreamHub = self.app.state.streams
+        hub: StreamHub = self.app.state.services.streams
         return hub
 
 

@@ -345,7 +345,7 @@ async def test_draining_ends_running_streams_with_server_restarting(
 
         reading = asyncio.create_task(reader())
         await asyncio.sleep(0.2)
-        await app.state.streams.drain(0.1)
+        await app.state.services.streams.drain(0.1)
         events = await reading
         refused = await client.post(
             f"{url}/ai/stream/chat", json={**LONG, "conversation_id": "during-drain"}

@@ -34,6 +34,7 @@ from .routes import chat, conversations, health, me, openai, page, streams
 from .routes.errors import error_response_for, framework_error
 from .routing import Router
 from .schemas import problems_from
+from .services import Services, services
 from .settings import Settings
 from .sse import RAW_SEND
 from .store import Store
@@ -143,7 +144,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             metrics = Metrics(active_streams=lambda: hub.running)
             exporter = getattr(app.state, "span_exporter", None)  # tests trace to memory
             tracer = tracing.setup(settings.otel_variables(), exporter)
-            app.state.tracer = tracer
             relay = Relay(
                 first_token_timeout_s=settings.first_token_timeout_s,
                 retry=RetryPolicy(
@@ -155,12 +155,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 tracer=tracer,
             )
 
-            app.state.store = store
-            app.state.redis = redis
-            app.state.metrics = metrics
-            app.state.keys = keys
-            app.state.quotas = quotas
-            app.state.streams = hub
             jwks = None
             if settings.jwt_jwks_url and "jwt" in modes:
                 jwks = JwksKeys(
@@ -171,7 +165,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 )
                 await jwks.start()
                 stack.push_async_callback(jwks.close)
-            app.state.auth = Authenticator(
+            auth = Authenticator(
                 modes,
                 keys=keys,
                 limits=limits,
@@ -185,7 +179,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     settings.metrics_token.get_secret_value() if settings.metrics_token else None
                 ),
             )
-            app.state.chat = ChatService(
+            chat_service = ChatService(
                 router,
                 relay,
                 InputLimits.from_settings(settings),
@@ -193,6 +187,19 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 quotas,
                 metrics,
                 hub,
+            )
+            app.state.services = Services(
+                settings=settings,
+                chat=chat_service,
+                streams=hub,
+                store=store,
+                keys=keys,
+                quotas=quotas,
+                metrics=metrics,
+                auth=auth,
+                redis=redis,
+                tracer=tracer,
+                upstream_probe=health.UpstreamProbe(),
             )
             log.info(
                 "chatrelay %s serving %s (models: %s; auth: %s; instance %s)",
@@ -219,7 +226,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         redoc_url="/redoc" if settings.api_docs else None,
         openapi_url="/openapi.json" if settings.api_docs else None,
     )
-    app.state.settings = settings
     app.include_router(chat.router)
     app.include_router(streams.router)
     app.include_router(openai.router)
@@ -251,7 +257,7 @@ def _install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(ChatRelayError)
     async def relay_error(request: Request, exc: ChatRelayError) -> JSONResponse:
         if isinstance(exc, LimitExceeded):
-            request.app.state.metrics.limited(exc.limit_name)
+            services(request).metrics.limited(exc.limit_name)
         return respond(request, exc)
 
     @app.exception_handler(Exception)

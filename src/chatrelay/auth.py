@@ -17,7 +17,7 @@ import re
 import time
 import uuid
 from collections.abc import Iterable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -29,6 +29,9 @@ from .outages import storage_outage
 from .principals import PUBLIC, Principal
 from .quotas import Limits
 from .routes.errors import error_response_for
+
+if TYPE_CHECKING:
+    from .services import Services
 
 log = logging.getLogger("chatrelay.auth")
 access_log = logging.getLogger("chatrelay.access")
@@ -287,7 +290,8 @@ class AccessMiddleware:
                 log.warning("%s: %s on %s", outage.code, type(exc).__name__, scope["path"])
                 await error_response_for(scope["path"], outage)(scope, receive, send_with_id)
 
-        tracer = getattr(scope["app"].state, "tracer", None)
+        built = _services(scope)
+        tracer = built.tracer if built is not None else None
         if tracer is None:
             try:
                 await serve()
@@ -315,7 +319,8 @@ class AccessMiddleware:
         if (refused := _not_json(scope)) is not None:
             await error_response_for(path, refused)(scope, receive, send)
             return
-        authenticator: Authenticator | None = getattr(scope["app"].state, "auth", None)
+        built = _services(scope)
+        authenticator = built.auth if built is not None else None
         if authenticator is not None and authenticator.open:
             state["principal"] = authenticator.public
         needs_auth = (
@@ -361,7 +366,13 @@ class AccessMiddleware:
                 "principal": principal.id if principal is not None else None,
             },
         )
-        metrics = getattr(scope["app"].state, "metrics", None)
-        if metrics is not None:
-            metrics.request(template, scope["method"], status)
+        built = _services(scope)
+        if built is not None:
+            built.metrics.request(template, scope["method"], status)
         return template
+
+
+def _services(scope: Scope) -> Services | None:
+    """The app's services, once its lifespan has built them (not yet while it starts)."""
+    found: Services | None = getattr(scope["app"].state, "services", None)
+    return found

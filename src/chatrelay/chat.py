@@ -505,8 +505,9 @@ class ChatService:
                 admitted.append(admission)
 
         try:
-            if persist and self.conversations is not None:
-                turn = await self.conversations.begin(
+            conversations = self.conversations
+            if persist and conversations is not None:
+                turn = await conversations.begin(
                     request.conversation_id,
                     params.messages,
                     principal.id,
@@ -515,9 +516,9 @@ class ChatService:
                     admit,
                     budget=_history_room(principal.limits, params),
                 )
-                job.turn, job.conversations = turn, self.conversations
+                job.turn, job.conversations = turn, conversations
                 job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
-                job.finishers.append(lambda reply: self.conversations.end(turn, reply))  # type: ignore[union-attr]
+                job.finishers.append(lambda reply: conversations.end(turn, reply))
             else:
                 await admit(params.messages)
         except BaseException:

@@ -164,10 +164,10 @@ class Relay:
                 try:
                     async with asyncio.timeout(self._first_token_timeout):
                         async for event in stream:
-                            if type(event) is Usage:
+                            if isinstance(event, Usage):
                                 usage = event
                             else:
-                                return _Opened(stream, event, usage, attempt)  # type: ignore[arg-type]
+                                return _Opened(stream, event, usage, attempt)
                     error: UpstreamError = UpstreamFailed(
                         "the upstream ended its stream before any output", retryable=True
                     )
@@ -204,20 +204,19 @@ class Relay:
         chars = 0  # of output relayed: a reply cut short is billed for at least that much
         try:
             first = opened.first
-            if type(first) is Stop:
+            if isinstance(first, Stop):
                 yield End(first.reason, usage, None, attempts)
                 return
-            chars += len(first.text)  # type: ignore[union-attr]
-            yield first  # type: ignore[misc]
+            chars += len(first.text)
+            yield first
             async for event in stream:
-                kind = type(event)
-                if kind is TextDelta or kind is ThinkingDelta:
-                    chars += len(event.text)  # type: ignore[union-attr]
-                    yield event  # type: ignore[misc]
-                elif kind is Usage:
-                    usage = event  # type: ignore[assignment]
+                if isinstance(event, (TextDelta, ThinkingDelta)):
+                    chars += len(event.text)
+                    yield event
+                elif isinstance(event, Usage):
+                    usage = event
                 else:
-                    yield End(event.reason, usage, None, attempts)  # type: ignore[union-attr]
+                    yield End(event.reason, usage, None, attempts)
                     return
             yield End(None, _at_least(usage, chars), _truncated(), attempts)
         except UpstreamError as error:
@@ -234,8 +233,8 @@ def _at_least(usage: Usage | None, chars: int) -> Usage:
     so far (often just its opening count), or an estimate of the text produced, if more."""
     estimate = chars_to_tokens(chars)
     reported = usage.output_tokens if usage else None
-    if reported is not None and reported >= estimate:
-        return usage  # type: ignore[return-value]
+    if usage is not None and reported is not None and reported >= estimate:
+        return usage
     return Usage(usage.input_tokens if usage else None, estimate, estimated=True)
 
 

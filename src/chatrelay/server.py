@@ -12,6 +12,7 @@ from typing import Any
 import uvicorn
 
 from .http_protocol import deadline_protocol
+from .services import Services
 from .settings import Settings
 
 
@@ -70,13 +71,9 @@ class DrainingServer(uvicorn.Server):
             server.close()  # no new connections while we drain
         # Streams (the hub's generations) and non-streaming replies (chat.complete's tasks)
         # drain side by side, within the same grace.
-        drains = [
-            component.drain(self._grace_s)
-            for component in (
-                getattr(self._app.state, "streams", None),
-                getattr(getattr(self._app.state, "chat", None), "running", None),
+        built: Services | None = getattr(self._app.state, "services", None)
+        if built is not None:  # (none if the app never finished starting)
+            await asyncio.gather(
+                built.streams.drain(self._grace_s), built.chat.running.drain(self._grace_s)
             )
-            if component is not None
-        ]
-        await asyncio.gather(*drains)
         await super().shutdown(sockets)

@@ -77,7 +77,12 @@ class Reader:
     def meta(self) -> StreamMeta:
         return self.info.meta
 
-    async def __aiter__(self) -> AsyncIterator[Batch]:
+    def __aiter__(self) -> AsyncIterator[Batch]:
+        if not self._ahead and self._next is None:
+            return self._batches  # nothing read ahead: no layer of its own per batch
+        return self._replay()
+
+    async def _replay(self) -> AsyncIterator[Batch]:
         while self._ahead:
             yield self._ahead.pop(0)
         if self._next is not None:

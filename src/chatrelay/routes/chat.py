@@ -7,12 +7,12 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import surfaces
 from ..bodies import read_body
-from ..chat import ChatService, complete
+from ..chat import complete
 from ..errors import MethodNotAllowed
 from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest
-from ..settings import Settings
+from ..services import services
 from ..sse import EventStreamResponse
 from ..streams import Reader
 from ..surfaces import seed
@@ -25,7 +25,7 @@ REQUEST_BODY = body(ChatRequest)
 
 
 async def _request(request: Request) -> ChatRequest:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     # Parsed by hand, not by FastAPI, so the size limit applies while reading and every
     # error names its field in our own error shape.
     return seed.parse(await read_body(request, settings.max_body_bytes))
@@ -38,8 +38,8 @@ async def _request(request: Request) -> ChatRequest:
     response_class=EventStreamResponse,
 )
 async def stream_chat(request: Request) -> EventStreamResponse:
-    settings: Settings = request.app.state.settings
-    service: ChatService = request.app.state.chat
+    settings = services(request).settings
+    service = services(request).chat
     chat = await _request(request)
     reader = await service.stream(
         chat,
@@ -79,7 +79,7 @@ def client_gone() -> Response:
 
 @router.post("/ai/chat", summary="Chat reply as one JSON object", openapi_extra=REQUEST_BODY)
 async def chat(request: Request) -> Response:
-    service: ChatService = request.app.state.chat
+    service = services(request).chat
     job = await service.start(await _request(request), principal_of(request))
     reply = await complete(job, request.receive)
     if reply is None:

@@ -14,7 +14,7 @@ from ..errors import FieldProblem, InvalidField, NotFound
 from ..openapi import body
 from ..principals import principal_of
 from ..schemas import validate_json
-from ..settings import Settings
+from ..services import services
 from ..store import Store
 from ..tables import Conversation, Message
 
@@ -79,7 +79,7 @@ def full(conversation: Conversation, viewer: str | None = None) -> dict[str, Any
 
 
 def _store(request: Request) -> Store:
-    store: Store = request.app.state.store
+    store = services(request).store
     return store
 
 
@@ -118,7 +118,7 @@ async def get_conversation(request: Request, conversation_id: str) -> dict[str, 
     openapi_extra=body(ConversationPatch),
 )
 async def patch_conversation(request: Request, conversation_id: str) -> dict[str, Any]:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     patch = validate_json(await read_body(request, settings.max_body_bytes), ConversationPatch)
     principal = principal_of(request)
     for candidate in lookup_ids(principal.id, conversation_id):

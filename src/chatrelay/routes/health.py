@@ -18,13 +18,14 @@ from prometheus_client import CONTENT_TYPE_LATEST
 from sqlalchemy import text
 
 from ..routing import Router
+from ..services import services
 
 router = APIRouter()
 
 
 @router.get("/healthz", summary="Liveness: the process is up")
 async def healthz(request: Request) -> dict[str, str]:
-    return {"status": "ok", "instance": request.app.state.streams.instance}
+    return {"status": "ok", "instance": services(request).streams.instance}
 
 
 # Readiness values that mean "can serve": checked and fine, not in use, or (the provider, not
@@ -44,7 +45,7 @@ async def readyz(
         Query(description="`upstream`: also reach each model's upstream (no tokens spent)"),
     ] = None,
 ) -> JSONResponse:
-    state = request.app.state
+    state = services(request)
     checks: dict[str, Any] = {}
 
     async def database() -> None:
@@ -67,7 +68,7 @@ async def readyz(
     upstreams = router_.upstreams()
     reached: dict[str, str] = {}
     if probe == "upstream" and upstreams:
-        reached = await _probe(request.app.state, upstreams)
+        reached = await _probe(state.upstream_probe, upstreams)
     default = router_.default
     if default in router_.config.unavailable:
         checks["provider"] = "default model unavailable"
@@ -83,11 +84,8 @@ async def readyz(
     return JSONResponse(body, status_code=200 if ready else 503)
 
 
-async def _probe(state: Any, upstreams: dict[str, str]) -> dict[str, str]:
+async def _probe(prober: UpstreamProbe, upstreams: dict[str, str]) -> dict[str, str]:
     """alias -> `reachable` or `unreachable: <why>`; each base URL is reached once."""
-    prober: UpstreamProbe | None = getattr(state, "upstream_probe", None)
-    if prober is None:
-        prober = state.upstream_probe = UpstreamProbe()
     urls = sorted(set(upstreams.values()))
     results = await asyncio.gather(*(prober.reach(url) for url in urls))
     by_url = dict(zip(urls, results, strict=True))
@@ -155,4 +153,4 @@ def _why(exc: BaseException) -> str:
 
 @router.get("/metrics", summary="Prometheus metrics", include_in_schema=False)
 async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
+    return Response(services(request).metrics.render(), media_type=CONTENT_TYPE_LATEST)

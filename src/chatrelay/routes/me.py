@@ -7,7 +7,7 @@ from typing import Any
 from fastapi import APIRouter, Request
 
 from ..principals import principal_of
-from ..quotas import Quotas
+from ..services import services
 
 router = APIRouter()
 
@@ -15,7 +15,7 @@ router = APIRouter()
 @router.get("/me", summary="The caller's identity and remaining limits")
 async def me(request: Request) -> dict[str, Any]:
     principal = principal_of(request)
-    quotas: Quotas = request.app.state.quotas
+    quotas = services(request).quotas
     return {
         "principal": {
             "id": principal.id,

@@ -9,13 +9,12 @@ from fastapi.responses import JSONResponse, Response
 
 from .. import surfaces
 from ..bodies import read_body
-from ..chat import ChatService, complete
+from ..chat import complete
 from ..errors import FieldProblem, InvalidField
 from ..openapi import body
 from ..principals import principal_of
-from ..routing import Router
 from ..schemas import ChatRequest
-from ..settings import Settings
+from ..services import services
 from ..sse import EventStreamResponse
 from ..surfaces import openai
 from . import headers
@@ -31,7 +30,7 @@ router = APIRouter(prefix="/v1")
     openapi_extra=body(openai.OpenAIChatRequest),
 )
 async def chat_completions(request: Request) -> Response:
-    settings: Settings = request.app.state.settings
+    settings = services(request).settings
     body = openai.parse(await read_body(request, settings.max_body_bytes))
     chat = openai.to_chat_request(body)
     # Stateless, as OpenAI's API is, unless the client names a conversation in `metadata`.
@@ -52,8 +51,8 @@ async def chat_completions(request: Request) -> Response:
 async def _answer(
     request: Request, body: openai.OpenAIChatRequest, chat: ChatRequest, persist: bool
 ) -> Response:
-    settings: Settings = request.app.state.settings
-    service: ChatService = request.app.state.chat
+    settings = services(request).settings
+    service = services(request).chat
     principal = principal_of(request)
     if not body.stream:
         job = await service.start(chat, principal, persist=persist)
@@ -92,7 +91,7 @@ async def _answer(
 
 @router.get("/models", summary="The model aliases this server serves")
 async def list_models(request: Request) -> dict[str, Any]:
-    models: Router = request.app.state.chat.router
+    models = services(request).chat.router
     config = models.config
     return {
         "object": "list",

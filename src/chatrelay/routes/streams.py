@@ -9,9 +9,8 @@ from fastapi import APIRouter, Query, Request
 from .. import surfaces
 from ..errors import FieldProblem, InvalidField
 from ..principals import principal_of
-from ..settings import Settings
+from ..services import services
 from ..sse import EventStreamResponse
-from ..streams import StreamHub
 
 router = APIRouter()
 
@@ -42,8 +41,8 @@ async def resume_stream(
     stream_id: str,
     after: Annotated[int | None, Query(ge=0)] = None,
 ) -> EventStreamResponse:
-    settings: Settings = request.app.state.settings
-    hub: StreamHub = request.app.state.streams
+    settings = services(request).settings
+    hub = services(request).streams
     offset = _offset(after, request.headers.get("last-event-id"))
     reader = await hub.follow(stream_id, principal_of(request).scope)
     # In the format of the surface that started the stream, whichever it was.
@@ -54,6 +53,6 @@ async def resume_stream(
 
 @router.post("/ai/stream/{stream_id}/stop", summary="Stop a stream's generation")
 async def stop_stream(request: Request, stream_id: str) -> dict[str, str]:
-    hub: StreamHub = request.app.state.streams
+    hub = services(request).streams
     status = await hub.stop(stream_id, principal_of(request).scope)
     return {"stream_id": stream_id, "status": status}
