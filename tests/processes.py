@@ -14,6 +14,8 @@ import socket
 import subprocess
 import sys
 import time
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
 from pathlib import Path
 from typing import Any
 
@@ -150,6 +152,22 @@ async def launch_chatrelay(
             if not _lost_port_race(process):
                 raise
     raise AssertionError(f"{name}: no free port after 3 attempts")
+
+
+@asynccontextmanager
+async def running_chatrelay(
+    env: dict[str, str], workdir: Path, name: str = "chatrelay"
+) -> AsyncIterator[tuple[Process, str]]:
+    """One instance on a free port: the process and its base URL; stopped on leaving, with
+    its output printed (pytest shows it when the test fails)."""
+    started: list[Process] = []
+    try:
+        process, port, _ = await launch_chatrelay(name, env, workdir, started, set())
+        yield process, f"http://127.0.0.1:{port}"
+    finally:
+        for process in started:
+            code = await process.stop()
+            print(f"----- {process.name} (exit {code}) -----\n{process.output()}")
 
 
 def nginx_config(prefix: Path, port: int, upstream_ports: list[int]) -> str:

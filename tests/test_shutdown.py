@@ -22,7 +22,7 @@ import openai
 import pytest
 
 from .fakes.openai_upstream import FakeOpenAI, OpenAIScenario
-from .processes import Process, chatrelay_env, launch_chatrelay
+from .processes import Process, chatrelay_env, running_chatrelay
 
 GRACE_S = 2
 BODY: dict[str, Any] = {"messages": [{"role": "user", "content": "A long story, please"}]}
@@ -46,14 +46,8 @@ async def server(fake: FakeOpenAI, tmp_path: Path) -> AsyncIterator[tuple[Proces
         CHATRELAY_SHUTDOWN_GRACE_S=str(GRACE_S),
         CHATRELAY_LOG_FORMAT="text",
     )
-    started: list[Process] = []
-    try:
-        process, port, _ = await launch_chatrelay("chatrelay", env, tmp_path, started, set())
-        yield process, f"http://127.0.0.1:{port}"
-    finally:
-        for process in started:
-            code = await process.stop()
-            print(f"----- {process.name} (exit {code}) -----\n{process.output()}")
+    async with running_chatrelay(env, tmp_path) as running:
+        yield running
 
 
 async def read_raw(url: str, started: asyncio.Event) -> list[tuple[float, str]]:

@@ -39,7 +39,7 @@ import httpx
 import pytest
 
 from .conftest import make_settings, serve
-from .processes import Process, chatrelay_env, launch_chatrelay
+from .processes import Process, chatrelay_env, running_chatrelay
 from .test_operations import samples, value
 
 # --- reading SSE frames ------------------------------------------------------------------------
@@ -386,14 +386,8 @@ async def process(tmp_path: Path) -> AsyncIterator[tuple[Process, str]]:
         CHATRELAY_LOG_FORMAT="text",
         DATABASE_URL=f"sqlite+aiosqlite:///{tmp_path / 'chat.db'}",
     )
-    started: list[Process] = []
-    try:
-        server, port, _ = await launch_chatrelay("chatrelay", env, tmp_path, started, set())
-        yield server, f"http://127.0.0.1:{port}"
-    finally:
-        for server in started:
-            code = await server.stop()
-            print(f"----- {server.name} (exit {code}) -----\n{server.output()}")
+    async with running_chatrelay(env, tmp_path) as running:
+        yield running
 
 
 @each_surface

@@ -11,12 +11,17 @@ import time
 from collections import deque
 from collections.abc import AsyncGenerator, Awaitable, Callable
 
-from ..events import StreamEvent, StreamMeta
+from ..events import StreamEvent, StreamMeta, TextDelta
 from . import Batch, StreamInfo
 
 
 class MirroredStream:
-    """One stream's events (event `seq` is `events[seq - 1]`), owner and finished flag."""
+    """One stream's events (event `seq` is `events[seq - 1]`), owner and finished flag.
+
+    A text delta, nearly every event, is held as its bare `str`: a log keeps every event of
+    every stream until it expires, and strings are not tracked by the garbage collector,
+    whose collections would otherwise walk them all (docs/BENCHMARKS.md).
+    """
 
     __slots__ = ("events", "finished", "loop", "meta", "owner", "waiters")
 
@@ -26,11 +31,15 @@ class MirroredStream:
         # Kept: asyncio.get_running_loop() is a getpid() system call each time, and readers
         # wait once per event.
         self.loop = loop
-        self.events: list[StreamEvent] = []
+        self.events: list[StreamEvent | str] = []
         self.finished = False
         # One future per waiting reader (nearly always one): a reader that leaves cancels
         # only its own, with no `asyncio.shield` per event.
         self.waiters: list[asyncio.Future[None]] = []
+
+    def slice(self, start: int, stop: int | None = None) -> list[StreamEvent]:
+        """Events `start + 1` to `stop` (all from there when None), as events."""
+        return [TextDelta(e) if isinstance(e, str) else e for e in self.events[start:stop]]
 
     def wake(self) -> None:
         waiters, self.waiters = self.waiters, []
@@ -74,7 +83,7 @@ class MemoryEventLog:
 
     async def append(self, stream_id: str, seq: int, event: StreamEvent) -> None:
         stream = self._streams[stream_id]
-        stream.events.append(event)
+        stream.events.append(event.text if type(event) is TextDelta else event)
         stream.wake()
 
     async def finish(self, stream_id: str) -> None:
@@ -115,7 +124,7 @@ class MemoryEventLog:
         while True:
             if index < len(events):
                 # Everything that piled up goes out together (in one write, once encoded).
-                batch = events[index:]
+                batch = stream.slice(index)
                 yield index + 1, batch
                 index += len(batch)
             elif stream.finished:

@@ -285,7 +285,7 @@ class RedisEventLog:
                     self._copied.pop(stream_id, None)
                     continue
                 done = self._copied.setdefault(stream_id, len(stream.events))
-                events = stream.events[done : done + COPY_EVENTS]
+                events = stream.slice(done, done + COPY_EVENTS)
                 final = stream.finished and done + len(events) == len(stream.events)
                 pipe.evalsha(
                     COPY_SHA,
