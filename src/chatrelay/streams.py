@@ -8,7 +8,8 @@ reader's surface (surfaces/) encodes the events as its frames; the hub never see
 
     POST ──> hub.open(job) ──> task: job.events() ──append──> event log
                   │                                              │
-                  └──> Reader ───────── read(after=N) ───────────┘ <── GET /ai/stream/{id}
+                  └──> Reader ──────────── read() ───────────────┘ <── GET /ai/stream/{id}
+                         │ (its surface encodes the events, and skips those the client has)
 
 - When the last reader of a running generation goes away, it runs on for its resume grace,
   waiting for a resume; then it is cancelled (which closes the upstream request). A grace of 0

@@ -17,7 +17,14 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..chat import ChatJob, Completion
 from ..error_bodies import openai_body
-from ..errors import ChatRelayError, FieldProblem, InvalidField, StreamCut, Unsupported
+from ..errors import (
+    ChatRelayError,
+    FieldProblem,
+    InvalidField,
+    ServerRestarting,
+    StreamCut,
+    Unsupported,
+)
 from ..events import Answering, Cut, End, StreamEvent, StreamMeta, TextDelta, Usage
 from ..schemas import NO_USER_MESSAGE, ChatRequest, problems_from, validate_json
 
@@ -264,7 +271,13 @@ class ChunkEncoder:
             if event.reason == "stopped":  # as the client asked: the end of a reply
                 return self._chunk(seq, {}, "stop") + done(seq + 1)
             # Anything else is no end of the reply: whoever resumes it must not take it for one.
-            error = event.error() or StreamCut("The reply was cut before its end: its reader left")
+            # A restart says what OpenAI's clients can do: send it again (they never resume).
+            if event.reason == "server_restarting":
+                error: ChatRelayError = ServerRestarting()
+            else:
+                error = event.error() or StreamCut(
+                    "The reply was cut before its end: its reader left"
+                )
             return error_chunk(seq, error) + done(seq + 1)
         return b""  # thinking has no place in the Chat Completions format
 
