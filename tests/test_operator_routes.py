@@ -25,6 +25,7 @@ async def test_metrics_need_an_admin_key_or_the_metrics_token_once_auth_is_on(
         as_admin = await client.get(f"{url}/metrics", headers=bearer(admin))
         scraper = await client.get(f"{url}/metrics", headers=bearer(METRICS_TOKEN))
         wrong = await client.get(f"{url}/metrics", headers=bearer(METRICS_TOKEN + "x"))
+        basic = await client.get(f"{url}/metrics", headers={"authorization": "Basic b3BzOng="})
         health = await client.get(f"{url}/healthz")
     assert anonymous.status_code == 401
     assert as_user.status_code == 403
@@ -34,6 +35,8 @@ async def test_metrics_need_an_admin_key_or_the_metrics_token_once_auth_is_on(
     assert scraper.status_code == 200 and "chatrelay_requests_total" in scraper.text
     assert wrong.status_code == 401
     assert METRICS_TOKEN not in wrong.text
+    # Another scheme is the caller's mistake, named: not a server error.
+    assert basic.status_code == 401 and "Bearer" in basic.json()["error"]["message"]
     assert health.status_code == 200  # liveness stays open for load balancers
 
 

@@ -332,18 +332,18 @@ class AccessMiddleware:
             and not path.startswith("/static/")
         )
         operator = path.startswith(OPERATOR_PATHS)
-        if needs_auth and operator and authenticator is not None:
-            needs_auth = not authenticator.has_metrics_token(scope)
         if needs_auth:
             assert authenticator is not None
             try:
-                principal = await authenticator.principal(scope)
-                if operator and not principal.admin:
-                    raise Forbidden(
-                        f"{path} is for the operator: send an admin API key or"
-                        " CHATRELAY_METRICS_TOKEN as the bearer token"
-                    )
-                state["principal"] = principal
+                # The scraper's token needs no principal; any other caller is one.
+                if not (operator and authenticator.has_metrics_token(scope)):
+                    principal = await authenticator.principal(scope)
+                    if operator and not principal.admin:
+                        raise Forbidden(
+                            f"{path} is for the operator: send an admin API key or"
+                            " CHATRELAY_METRICS_TOKEN as the bearer token"
+                        )
+                    state["principal"] = principal
             except (Unauthorized, Forbidden) as exc:
                 await error_response_for(path, exc)(scope, receive, send)
                 return
