@@ -82,4 +82,20 @@ def test_every_row_says_when_it_was_noted_where_it_comes_from_and_answers_someth
     for row in catalog.ROWS:
         assert row.source.strip(), row
         assert date(2026, 1, 1) <= row.noted <= date.today(), row
-        assert (row.sampling, row.images, row.retires_on) != (None, None, None), row
+        assert (row.sampling, row.images, row.structured, row.retires_on) != (None,) * 4, row
+
+
+@pytest.mark.parametrize(
+    ("provider", "model", "takes_a_schema"),
+    [
+        ("anthropic", "claude-sonnet-5-5", True),
+        ("anthropic", "claude-haiku-4-5", True),
+        ("anthropic", "claude-3-7-sonnet-latest", False),
+        ("anthropic", "claude-sonnet-4-20250514", False),
+        ("openai", "gpt-4o", True),
+    ],
+)
+def test_which_models_take_a_json_schema_for_their_output(
+    provider: catalog.Provider, model: str, takes_a_schema: bool
+) -> None:
+    assert catalog.accepts_output_schema(provider, model) is takes_a_schema

@@ -557,55 +557,17 @@ async def test_a_rejected_upstream_key_is_not_retried_by_the_sdk(fake: FakeAnthr
 
 BAD_REQUESTS = [
     # (id, create() arguments, param, words of the message)
-    ("tools", {"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools", "tools"),
+    ("functions", {"functions": [{"name": "f", "parameters": {}}]}, "functions", "send `tools`"),
     ("n", {"n": 2}, "n", "not supported"),
-    ("json_object", {"response_format": {"type": "json_object"}}, "response_format", "not"),
     (
-        "json_schema",
-        {
-            "response_format": {
-                "type": "json_schema",
-                "json_schema": {"name": "x", "schema": {"type": "object"}},
-            }
-        },
-        "response_format",
-        "not supported",
+        "custom tool",
+        {"tools": [{"type": "custom", "custom": {"name": "f"}}]},
+        "tools[0]",
+        "only 'function'",
     ),
     ("logprobs", {"logprobs": True}, "logprobs", "not supported"),
     ("top_logprobs", {"logprobs": True, "top_logprobs": 3}, "logprobs", "not supported"),
     ("presence_penalty", {"presence_penalty": 0.5}, "presence_penalty", "not supported"),
-    (
-        "tool role",
-        {
-            "messages": [
-                {"role": "user", "content": "Hi"},
-                {"role": "tool", "tool_call_id": "call_1", "content": "42"},
-            ]
-        },
-        "messages[1]",
-        "tool calls",
-    ),
-    (
-        "assistant tool_calls",
-        {
-            "messages": [
-                {"role": "user", "content": "Hi"},
-                {
-                    "role": "assistant",
-                    "content": None,
-                    "tool_calls": [
-                        {
-                            "id": "call_1",
-                            "type": "function",
-                            "function": {"name": "f", "arguments": "{}"},
-                        }
-                    ],
-                },
-            ]
-        },
-        "messages[1]",
-        "tool calls",
-    ),
     (
         "audio part",
         {
@@ -645,6 +607,66 @@ async def test_an_unsupported_feature_is_a_400_naming_it(
         assert isinstance(error.body, dict)
         assert set(error.body) == {"message", "type", "param", "code"}
         assert param in error.body["message"] and words in error.body["message"]
+
+
+INVALID_TOOL_REQUESTS = [
+    (
+        "tool result without its call's id",
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {"role": "tool", "content": "42"},
+            ]
+        },
+        "messages[1].tool_call_id",
+        "tool call",
+    ),
+    (
+        "tool call arguments that are not JSON",
+        {
+            "messages": [
+                {"role": "user", "content": "Hi"},
+                {
+                    "role": "assistant",
+                    "content": None,
+                    "tool_calls": [
+                        {
+                            "id": "call_1",
+                            "type": "function",
+                            "function": {"name": "f", "arguments": "{oops"},
+                        }
+                    ],
+                },
+            ]
+        },
+        "messages[1].tool_calls[0].function.arguments",
+        "JSON object",
+    ),
+    (
+        "a schema-less json_schema",
+        {"response_format": {"type": "json_schema", "json_schema": {"name": "x"}}},
+        "response_format",
+        "json_schema",
+    ),
+]
+
+
+@SHARED
+@pytest.mark.parametrize(
+    ("kwargs", "param", "words"),
+    [b[1:] for b in INVALID_TOOL_REQUESTS],
+    ids=[b[0] for b in INVALID_TOOL_REQUESTS],
+)
+async def test_a_malformed_tool_or_format_field_is_a_422_naming_it(
+    kwargs: dict[str, Any], param: str, words: str, sdk: openai.AsyncOpenAI
+) -> None:
+    arguments: dict[str, Any] = {"model": "mock", "messages": HI, **kwargs}
+    for stream in (True, False):
+        with pytest.raises(openai.UnprocessableEntityError) as caught:
+            await sdk.chat.completions.create(stream=stream, **arguments)
+        assert caught.value.code == "invalid_request"
+        assert caught.value.param == param
+        assert words in caught.value.message
 
 
 @SHARED

@@ -66,7 +66,7 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         {"messages": [{"role": "user", "content": [{"type": "document"}]}]},
         422,
         "invalid_request",
-        "content blocks must be of type 'text' or 'image', got 'document'",
+        "content blocks must be of type 'text', 'image', 'tool_use', 'tool_result', got 'document'",
     ),
     (
         "empty text block",

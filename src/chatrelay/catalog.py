@@ -28,6 +28,11 @@ _SAMPLING = (
 )
 _VISION = "https://docs.anthropic.com/en/docs/build-with-claude/vision (every Claude model)"
 _REASONING = "OpenAI Chat Completions: reasoning models accept only the default temperature"
+_STRUCTURED = (
+    "https://platform.claude.com/docs/en/build-with-claude/structured-outputs: Claude Opus 4.1,"
+    " Sonnet 4.5, Haiku 4.5 and later take `output_config.format`"
+)
+_OPENAI_STRUCTURED = "OpenAI-compatible servers take `response_format` (json_schema, json_object)"
 _OPENAI_IMAGES = "chatrelay policy: OpenAI-compatible servers vary; an alias opts in (vision)"
 
 
@@ -39,6 +44,7 @@ class Row:
     source: str
     sampling: bool | None = None  # accepts temperature, top_p and top_k
     images: bool | None = None  # accepts image content blocks
+    structured: bool | None = None  # accepts a JSON schema for its output (natively)
     retires_on: date | None = None  # end of life: deprecated before it, retired from it
 
 
@@ -65,12 +71,20 @@ ROWS: tuple[Row, ...] = (
     Row("anthropic", "claude-haiku-4-5*", NOTED, _SAMPLING, sampling=True),
     Row("anthropic", "claude-*", NOTED, _SAMPLING, sampling=False),
     Row("anthropic", "*", NOTED, _VISION, images=True),
+    # Structured outputs: the Claude models from before it do not take it.
+    Row("anthropic", "claude-3-*", NOTED, _STRUCTURED, structured=False),
+    Row("anthropic", "claude-opus-4-0*", NOTED, _STRUCTURED, structured=False),
+    Row("anthropic", "claude-opus-4-2025*", NOTED, _STRUCTURED, structured=False),
+    Row("anthropic", "claude-sonnet-4-0*", NOTED, _STRUCTURED, structured=False),
+    Row("anthropic", "claude-sonnet-4-2025*", NOTED, _STRUCTURED, structured=False),
+    Row("anthropic", "claude-*", NOTED, _STRUCTURED, structured=True),
     # OpenAI's reasoning models (also under OpenRouter's `openai/` prefix).
     Row("openai", "o[0-9]*", NOTED, _REASONING, sampling=False),
     Row("openai", "gpt-5*", NOTED, _REASONING, sampling=False),
     Row("openai", "gpt-6*", NOTED, _REASONING, sampling=False),
     Row("openai", "*", NOTED, _REASONING, sampling=True),
     Row("openai", "*", NOTED, _OPENAI_IMAGES, images=False),
+    Row("openai", "*", NOTED, _OPENAI_STRUCTURED, structured=True),
 )
 
 
@@ -94,6 +108,11 @@ def accepts_sampling(provider: Provider, model: str) -> bool:
 def accepts_images(provider: Provider, model: str) -> bool:
     row = _answer(provider, model, "images")
     return bool(row and row.images)
+
+
+def accepts_output_schema(provider: Provider, model: str) -> bool:
+    row = _answer(provider, model, "structured")
+    return bool(row and row.structured)
 
 
 def retires_on(provider: Provider, model: str) -> date | None:

@@ -22,7 +22,20 @@ from typing import Any
 from .context import request_id
 from .conversations import Conversations, Turn
 from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
-from .events import Answering, End, RelayEvent, Reply, StreamMeta, TextDelta, ThinkingDelta, Usage
+from .events import (
+    Answering,
+    End,
+    RelayEvent,
+    Reply,
+    StreamMeta,
+    TextDelta,
+    ThinkingDelta,
+    ToolCall,
+    ToolCallDelta,
+    ToolCalls,
+    ToolCallStart,
+    Usage,
+)
 from .jobs import RunningJobs
 from .metrics import Metrics
 from .models import ModelSpec
@@ -169,6 +182,7 @@ class ChatJob:
         first_at: float | None = None
         text: list[str] = []
         thinking: list[str] = []
+        tools = ToolCalls()
         model = self.requested_model
         end: End | None = None
         concluded = False
@@ -194,8 +208,9 @@ class ChatJob:
                 ttft_ms=round((first_at - started) * 1000) if first_at else None,
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 thinking="".join(thinking) or None,
+                tool_calls=tools.calls(),
             )
-            self._count_tokens(reply, end.usage if end else None)
+            self._count_tokens(reply, end.usage if end else None, tools.chars())
             self._log_end(reply, end)
             # Shielded: a Stop or a disconnect arriving now must not cut the bookkeeping short
             # (the reply unsaved, the conversation left locked, the quota unsettled).
@@ -213,6 +228,11 @@ class ChatJob:
                         if first_at is None:
                             first_at = time.perf_counter()
                         thinking.append(event.text)
+                        self.deltas += 1
+                    elif isinstance(event, (ToolCallStart, ToolCallDelta)):
+                        if first_at is None:
+                            first_at = time.perf_counter()
+                        tools.add(event)
                         self.deltas += 1
                     elif isinstance(event, Answering):
                         model = event.spec.alias
@@ -267,7 +287,7 @@ class ChatJob:
             except Exception:
                 log.exception("finishing stream %s failed", self.stream_id)
 
-    def _count_tokens(self, reply: Reply, usage: Usage | None) -> None:
+    def _count_tokens(self, reply: Reply, usage: Usage | None, tool_chars: int = 0) -> None:
         """The upstream's counts, or an estimate (flagged) where it gave none."""
         reply.input_tokens = usage.input_tokens if usage else None
         reply.output_tokens = usage.output_tokens if usage else None
@@ -277,7 +297,7 @@ class ChatJob:
             reply.input_tokens = input_tokens(params.system, params.messages)
             reply.usage_estimated = True
         if reply.output_tokens is None:
-            chars = len(reply.content) + len(reply.thinking or "")
+            chars = len(reply.content) + len(reply.thinking or "") + tool_chars
             reply.output_tokens, reply.usage_estimated = chars_to_tokens(chars), True
 
     def _log_end(self, reply: Reply, end: End | None) -> None:
@@ -318,6 +338,7 @@ class Completion:
     stop_reason: str | None
     usage: Usage | None
     error: ChatRelayError | None
+    tool_calls: tuple[ToolCall, ...] = ()
 
 
 # The request's ASGI `receive`, once its body has been read: what comes next is the disconnect.
@@ -363,6 +384,7 @@ async def _collect(
     """The whole reply; `why` holds the reason it is cut, when whoever runs it cuts it."""
     text: list[str] = []
     thinking: list[str] = []
+    tools = ToolCalls()
     end: End | None = None
     try:
         async with aclosing(events):
@@ -371,6 +393,8 @@ async def _collect(
                     text.append(event.text)
                 elif isinstance(event, ThinkingDelta):
                     thinking.append(event.text)
+                elif isinstance(event, (ToolCallStart, ToolCallDelta)):
+                    tools.add(event)
                 elif isinstance(event, Answering):
                     model = event.spec.alias
                 else:
@@ -384,10 +408,18 @@ async def _collect(
             task.uncancel()
         if end is None:
             restarting = ServerRestarting()
-            return Completion(model, "".join(text), "".join(thinking), None, None, restarting)
+            return Completion(
+                model, "".join(text), "".join(thinking), None, None, restarting, tools.calls()
+            )
     assert end is not None
     return Completion(
-        model, "".join(text), "".join(thinking), end.stop_reason, end.usage, end.error
+        model,
+        "".join(text),
+        "".join(thinking),
+        end.stop_reason,
+        end.usage,
+        end.error,
+        tools.calls(),
     )
 
 
@@ -588,6 +620,15 @@ class ChatService:
             stop_sequences=request.stop_sequences,
             thinking=thinking,
             metadata=request.metadata or {},
+            tools=[t.model_dump(exclude_none=True) for t in request.tools]
+            if request.tools
+            else None,
+            tool_choice=request.tool_choice.model_dump(exclude_none=True)
+            if request.tool_choice
+            else None,
+            output_format=request.output_format.model_dump(by_alias=True, exclude_none=True)
+            if request.output_format
+            else None,
         )
 
     def _warnings(self, request: ChatRequest, spec: ModelSpec) -> list[str]:

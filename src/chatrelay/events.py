@@ -1,7 +1,8 @@
 """The project's own vocabulary of a reply, whatever the wire it came from or goes to.
 
-    provider ──> TextDelta, ThinkingDelta, Usage, Stop        (providers/, any upstream)
-    relay    ──> Answering, TextDelta, ThinkingDelta, End     (relay.py: retries, fallbacks)
+    provider ──> TextDelta, ThinkingDelta, ToolCallStart, ToolCallDelta, Usage, Stop
+                                                              (providers/, any upstream)
+    relay    ──> Answering, the provider's deltas, End        (relay.py: retries, fallbacks)
     hub      ──> ... and Cut, when a generation ends early    (streams.py: Stop, drain)
     store    <── Reply                                        (how the turn went, stored)
 
@@ -15,6 +16,8 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
+
+import orjson
 
 from .errors import ChatRelayError, InstanceLost, ServerRestarting, StreamIncomplete
 
@@ -38,12 +41,37 @@ class ThinkingDelta:
 
 
 @dataclass(slots=True, frozen=True)
+class ToolCallStart:
+    """The model calls a tool: `index` numbers the reply's tool calls 0, 1, … (several may be
+    made in one reply); its arguments follow as `ToolCallDelta` pieces of one JSON object."""
+
+    index: int
+    id: str
+    name: str
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCallDelta:
+    """A piece of tool call `index`'s arguments (JSON text), as the model produced it."""
+
+    index: int
+    arguments: str
+
+
+@dataclass(slots=True, frozen=True)
 class Usage:
-    """Token counts so far; a later Usage replaces an earlier one (counts are cumulative)."""
+    """Token counts so far; a later Usage replaces an earlier one (counts are cumulative).
+
+    `input_tokens` counts every input token, cached or not; `cache_read_tokens` and
+    `cache_write_tokens` say how many of them were read from or written to the prompt cache,
+    `reasoning_tokens` how many of `output_tokens` the model spent thinking."""
 
     input_tokens: int | None = None
     output_tokens: int | None = None
     estimated: bool = False  # counted by chatrelay from the text, not by the upstream
+    cache_read_tokens: int | None = None
+    cache_write_tokens: int | None = None
+    reasoning_tokens: int | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -53,7 +81,9 @@ class Stop:
     reason: str | None
 
 
-ProviderEvent = TextDelta | ThinkingDelta | Usage | Stop
+ProviderEvent = TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Usage | Stop
+# What a reader is shown as the reply grows (the first of them ends the retries).
+Output = TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta
 
 
 # -- what the relay adds ---------------------------------------------------------------------
@@ -76,7 +106,7 @@ class End:
     attempts: int = 1
 
 
-RelayEvent = Answering | TextDelta | ThinkingDelta | End
+RelayEvent = Answering | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | End
 
 
 # -- what the hub adds -----------------------------------------------------------------------
@@ -102,7 +132,7 @@ class Cut:
         return None
 
 
-StreamEvent = Answering | TextDelta | ThinkingDelta | End | Cut
+StreamEvent = Answering | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | End | Cut
 # The last event of every stream: nothing follows it.
 TERMINAL = (End, Cut)
 
@@ -141,3 +171,57 @@ class Reply:
     ttft_ms: int | None = None
     duration_ms: int | None = None
     thinking: str | None = None
+    tool_calls: tuple[ToolCall, ...] = ()
+
+    def content_blocks(self) -> str | list[dict[str, Any]]:
+        """The reply as a message's content: its text, or with tool calls, Messages API
+        blocks (its text, then a `tool_use` block per call)."""
+        if not self.tool_calls:
+            return self.content
+        text = [{"type": "text", "text": self.content}] if self.content else []
+        return text + [call.block() for call in self.tool_calls]
+
+
+@dataclass(slots=True, frozen=True)
+class ToolCall:
+    """One whole tool call of a reply; `arguments` is the JSON text the model produced."""
+
+    id: str
+    name: str
+    arguments: str
+
+    def input(self) -> dict[str, Any]:
+        """The arguments as an object; `{}` for none, or for a call cut before they were
+        whole (a history must hold an object, and such a call is never run)."""
+        try:
+            value = orjson.loads(self.arguments or "{}")
+        except orjson.JSONDecodeError:
+            return {}
+        return value if isinstance(value, dict) else {}
+
+    def block(self) -> dict[str, Any]:
+        return {"type": "tool_use", "id": self.id, "name": self.name, "input": self.input()}
+
+
+class ToolCalls:
+    """Assembles a reply's tool calls from their events, in the order they were made."""
+
+    __slots__ = ("_calls",)
+
+    def __init__(self) -> None:
+        self._calls: dict[int, tuple[str, str, list[str]]] = {}
+
+    def add(self, event: ToolCallStart | ToolCallDelta) -> None:
+        if isinstance(event, ToolCallStart):
+            self._calls[event.index] = (event.id, event.name, [])
+        elif (call := self._calls.get(event.index)) is not None:
+            call[2].append(event.arguments)
+
+    def calls(self) -> tuple[ToolCall, ...]:
+        return tuple(
+            ToolCall(id, name, "".join(pieces))
+            for _, (id, name, pieces) in sorted(self._calls.items())
+        )
+
+    def chars(self) -> int:
+        return sum(len(name) + sum(map(len, pieces)) for _, name, pieces in self._calls.values())

@@ -16,6 +16,7 @@ provider produces it (never merged or delayed), and ends with exactly one `End`.
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import logging
 import random
 from collections.abc import AsyncGenerator, Awaitable, Callable, Sequence
@@ -27,11 +28,14 @@ from .errors import ChatRelayError, InternalError, UpstreamError, UpstreamFailed
 from .events import (
     Answering,
     End,
+    Output,
     ProviderEvent,
     RelayEvent,
     Stop,
     TextDelta,
     ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
     Usage,
 )
 from .metrics import Metrics
@@ -66,7 +70,7 @@ class RetryPolicy:
 @dataclass(slots=True)
 class _Opened:
     stream: AsyncGenerator[ProviderEvent, None]
-    first: TextDelta | ThinkingDelta | Stop
+    first: Output | Stop
     usage: Usage | None
     attempts: int
 
@@ -207,11 +211,11 @@ class Relay:
             if isinstance(first, Stop):
                 yield End(first.reason, usage, None, attempts)
                 return
-            chars += len(first.text)
+            chars += _chars(first)
             yield first
             async for event in stream:
-                if isinstance(event, (TextDelta, ThinkingDelta)):
-                    chars += len(event.text)
+                if isinstance(event, OUTPUT):
+                    chars += _chars(event)
                     yield event
                 elif isinstance(event, Usage):
                     usage = event
@@ -228,6 +232,18 @@ class Relay:
             await stream.aclose()
 
 
+OUTPUT = (TextDelta, ThinkingDelta, ToolCallStart, ToolCallDelta)
+
+
+def _chars(event: Output) -> int:
+    """Characters of output (what an estimate of a cut reply's tokens counts)."""
+    if isinstance(event, ToolCallStart):
+        return len(event.name)
+    if isinstance(event, ToolCallDelta):
+        return len(event.arguments)
+    return len(event.text)
+
+
 def _at_least(usage: Usage | None, chars: int) -> Usage:
     """The usage of a reply that ended without the upstream's final count: what it reported
     so far (often just its opening count), or an estimate of the text produced, if more."""
@@ -235,7 +251,9 @@ def _at_least(usage: Usage | None, chars: int) -> Usage:
     reported = usage.output_tokens if usage else None
     if usage is not None and reported is not None and reported >= estimate:
         return usage
-    return Usage(usage.input_tokens if usage else None, estimate, estimated=True)
+    if usage is None:
+        return Usage(None, estimate, estimated=True)
+    return dataclasses.replace(usage, output_tokens=estimate, estimated=True)
 
 
 def _end_span(span: Any, outcome: str, attempts: int | None = None) -> None:

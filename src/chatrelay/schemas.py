@@ -12,7 +12,14 @@ import binascii
 from typing import Annotated, Any, Literal, TypeVar
 
 import orjson
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from .errors import FieldProblem, InvalidField, MalformedJSON
 from .validation import problems_from as problems_from
@@ -80,7 +87,42 @@ def _check_image_data(data: str, media_type: str) -> None:
         raise ValueError(f"`source.data` is not a {media_type.removeprefix('image/')} image")
 
 
-ContentBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+class ToolUseBlock(BaseModel):
+    """A content block of type `tool_use`: a tool call an assistant turn made."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["tool_use"]
+    id: str = Field(min_length=1, max_length=200)
+    name: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any]
+
+
+ResultBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
+
+
+class ToolResultBlock(BaseModel):
+    """A content block of type `tool_result`: what a tool call returned, in a user turn."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["tool_result"]
+    tool_use_id: str = Field(min_length=1, max_length=200)
+    content: str | list[ResultBlock] = ""
+    is_error: bool | None = None
+
+    def text(self) -> str:
+        if isinstance(self.content, str):
+            return self.content
+        return "".join(block.text for block in self.content if isinstance(block, TextBlock))
+
+
+ContentBlock = Annotated[
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")
+]
+BLOCK_TYPES = ("text", "image", "tool_use", "tool_result")
+# Which role's turns may hold each kind of tool block.
+_BLOCK_ROLES = {"tool_use": "assistant", "tool_result": "user"}
 
 NO_USER_MESSAGE = "must contain at least one user message"
 
@@ -114,10 +156,10 @@ class ChatMessage(BaseModel):
                 raise ValueError("must not be an empty list")
             for index, block in enumerate(content):
                 kind = block.get("type") if isinstance(block, dict) else None
-                if kind not in ("text", "image"):
+                if kind not in BLOCK_TYPES:
                     raise ValueError(
-                        f"block {index}: content blocks must be of type 'text' or 'image',"
-                        f" got {kind!r}"
+                        f"block {index}: content blocks must be of type"
+                        f" {', '.join(map(repr, BLOCK_TYPES))}, got {kind!r}"
                     )
                 if kind == "text":
                     text = block.get("text")
@@ -126,10 +168,32 @@ class ChatMessage(BaseModel):
             return content
         raise ValueError("must be a string or a list of content blocks")
 
+    @model_validator(mode="after")
+    def _tool_blocks_in_their_role(self) -> ChatMessage:
+        for index, block in enumerate(self.blocks()):
+            role = _BLOCK_ROLES.get(block.type)
+            if role is not None and role != self.role:
+                raise ValueError(
+                    f"block {index}: a {block.type} block belongs in a turn of role {role!r}"
+                )
+        return self
+
+    def blocks(self) -> list[TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock]:
+        return [] if isinstance(self.content, str) else list(self.content)
+
     def text(self) -> str:
+        """Its text, tool calls' arguments and tool results included (what limits count)."""
         if isinstance(self.content, str):
             return self.content
-        return "".join(block.text for block in self.content if isinstance(block, TextBlock))
+        parts: list[str] = []
+        for block in self.content:
+            if isinstance(block, TextBlock):
+                parts.append(block.text)
+            elif isinstance(block, ToolUseBlock):
+                parts.append(orjson.dumps(block.input).decode())
+            elif isinstance(block, ToolResultBlock):
+                parts.append(block.text())
+        return "".join(parts)
 
     @property
     def has_images(self) -> bool:
@@ -157,6 +221,49 @@ class ThinkingConfig(BaseModel):
     budget_tokens: int | None = Field(None, ge=1024)
 
 
+class Tool(BaseModel):
+    """A tool the model may call, as the Messages API takes it."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    name: str = Field(min_length=1, max_length=128)
+    description: str | None = None
+    input_schema: dict[str, Any]
+
+
+class ToolChoice(BaseModel):
+    """How the model is to use the tools (the Messages API's `tool_choice`)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["auto", "any", "tool", "none"]
+    name: str | None = Field(None, min_length=1)
+    disable_parallel_tool_use: bool | None = None
+
+    @model_validator(mode="after")
+    def _named(self) -> ToolChoice:
+        if (self.type == "tool") != (self.name is not None):
+            raise ValueError("`name` is given exactly when `type` is 'tool'")
+        return self
+
+
+class OutputFormat(BaseModel):
+    """Structured output: a reply that is one JSON value, of `schema` when given."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True, populate_by_name=True)
+
+    type: Literal["json_schema", "json_object"]
+    json_schema: dict[str, Any] | None = Field(None, alias="schema")
+    name: str | None = None
+    strict: bool | None = None
+
+    @model_validator(mode="after")
+    def _schema(self) -> OutputFormat:
+        if (self.type == "json_schema") != (self.json_schema is not None):
+            raise ValueError("`schema` is given exactly when `type` is 'json_schema'")
+        return self
+
+
 class ChatRequest(BaseModel):
     """The body of a chat request (`POST /ai/stream/chat`, `POST /ai/chat`)."""
 
@@ -177,6 +284,22 @@ class ChatRequest(BaseModel):
     # `true` asks for adaptive thinking; an object is passed to the Messages API as is.
     thinking: bool | ThinkingConfig = False
     metadata: dict[str, Any] | None = None
+    tools: list[Tool] | None = Field(None, max_length=128)
+    tool_choice: ToolChoice | None = None
+    output_format: OutputFormat | None = None
+
+    @model_validator(mode="after")
+    def _chosen_tool_offered(self) -> ChatRequest:
+        choice = self.tool_choice
+        if choice is not None and choice.type in ("any", "tool") and not self.tools:
+            raise ValueError(f"tool_choice {choice.type!r} needs `tools`")
+        if (
+            choice is not None
+            and choice.name
+            and choice.name not in {t.name for t in self.tools or ()}
+        ):
+            raise ValueError(f"tool_choice names {choice.name!r}, which is not one of `tools`")
+        return self
 
     @field_validator("messages")
     @classmethod

@@ -501,7 +501,7 @@ class Store:
             "seq": seq,
             "conversation_id": conversation_id,
             "role": "assistant",
-            "content": reply.content,
+            "content": reply.content_blocks(),
             "model": reply.model,
             "stream_id": reply.stream_id,
             "end_reason": reply.end_reason,

@@ -46,7 +46,14 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
-__all__ = ["FakeAnthropic", "RecordedRequest", "Scenario", "error_type_for_status", "main"]
+__all__ = [
+    "FakeAnthropic",
+    "RecordedRequest",
+    "Scenario",
+    "ToolUse",
+    "error_type_for_status",
+    "main",
+]
 
 
 # --------------------------------------------------------------------------------------------
@@ -86,6 +93,21 @@ class Scenario:
     # A thinking block (index 0) sent before the text block (then index 1), as extended
     # thinking streams it: thinking_delta frames, a signature_delta, content_block_stop.
     thinking: list[str] = field(default_factory=list)
+    # tool_use blocks sent after the text (none: no text block at all when `deltas` is
+    # empty), each input_json_delta piece a step of its own, `interval` apart.
+    tool_calls: list[ToolUse] = field(default_factory=list)
+    # Prompt cache counts in message_start's usage (left out when None, as older models do).
+    cache_read_input_tokens: int | None = None
+    cache_creation_input_tokens: int | None = None
+
+
+@dataclass
+class ToolUse:
+    """One tool_use block: its id, name and the pieces of its input's JSON text."""
+
+    id: str
+    name: str
+    pieces: list[str]
 
 
 @dataclass(eq=False)
@@ -215,6 +237,38 @@ def _delta_frame(text: str, index: int = 0) -> bytes:
     )
 
 
+def _tool_steps(calls: list[ToolUse], first_index: int) -> list[bytes]:
+    """The frames of tool_use blocks, one step per input piece (the block's start with its
+    first piece, the stop with the next block's start)."""
+    steps: list[bytes] = []
+    text = first_index - 1  # the text block before them, if any
+    stop = {"type": "content_block_stop", "index": text}
+    pending = _sse("content_block_stop", stop) if text >= 0 else b""
+    for offset, call in enumerate(calls):
+        index = first_index + offset
+        block = {"type": "tool_use", "id": call.id, "name": call.name, "input": {}}
+        start = {"type": "content_block_start", "index": index, "content_block": block}
+        empty = {"type": "input_json_delta", "partial_json": ""}
+        head = (
+            pending
+            + _sse("content_block_start", start)
+            + _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": empty},
+            )
+        )
+        pieces = call.pieces or [""]
+        for number, piece in enumerate(pieces):
+            delta = {"type": "input_json_delta", "partial_json": piece}
+            frame = _sse(
+                "content_block_delta",
+                {"type": "content_block_delta", "index": index, "delta": delta},
+            )
+            steps.append((head if number == 0 else b"") + frame)
+        pending = _sse("content_block_stop", {"type": "content_block_stop", "index": index})
+    return steps
+
+
 def _thinking_block(pieces: list[str]) -> bytes:
     """A whole thinking block at index 0, as extended thinking streams it."""
     start = {"type": "thinking", "thinking": "", "signature": ""}
@@ -235,6 +289,15 @@ def _thinking_block(pieces: list[str]) -> bytes:
     )
     frames.append(_sse("content_block_stop", {"type": "content_block_stop", "index": 0}))
     return b"".join(frames)
+
+
+def _start_usage(sc: Scenario) -> dict[str, int]:
+    usage = {"input_tokens": sc.input_tokens, "output_tokens": 1}
+    if sc.cache_read_input_tokens is not None:
+        usage["cache_read_input_tokens"] = sc.cache_read_input_tokens
+    if sc.cache_creation_input_tokens is not None:
+        usage["cache_creation_input_tokens"] = sc.cache_creation_input_tokens
+    return usage
 
 
 def _reason(status: int) -> str:
@@ -274,6 +337,7 @@ class _Conn(asyncio.Protocol):
         self._rec: RecordedRequest | None = None
         self._sc: Scenario | None = None
         self._frames: tuple[bytes, ...] = ()
+        self._last_index = 0  # of the last content block: what the end closes
         self._i = 0
         self._timer: asyncio.Handle | None = None
         self._resume_step = False  # a step is waiting for resume_writing()
@@ -392,7 +456,7 @@ class _Conn(asyncio.Protocol):
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": {"input_tokens": sc.input_tokens, "output_tokens": 1},
+                        "usage": _start_usage(sc),
                     },
                 },
             )
@@ -407,9 +471,18 @@ class _Conn(asyncio.Protocol):
                 )
             )
             self._frames = tuple(_delta_frame(text, 1) for text in sc.deltas)
-        else:
+            self._last_index = 1
+        elif sc.deltas or not sc.tool_calls:
             self._write(_BLOCK_START)
             self._frames = self._fake._delta_frames(sc.deltas)
+            self._last_index = 0
+        else:
+            self._frames = ()
+            self._last_index = -1
+        if sc.tool_calls:
+            steps = _tool_steps(sc.tool_calls, self._last_index + 1)
+            self._frames = (*self._frames, *steps)
+            self._last_index += len(sc.tool_calls)
         if sc.first_token_delay > 0:
             self._timer = self._loop.call_later(sc.first_token_delay, self._step)
         else:
@@ -444,7 +517,7 @@ class _Conn(asyncio.Protocol):
         frames = self._frames
         if i >= len(frames):
             out = len(frames) if sc.output_tokens is None else sc.output_tokens
-            index = 1 if sc.thinking else 0
+            index = self._last_index
             self._write(_sse("content_block_stop", {"type": "content_block_stop", "index": index}))
             self._write(
                 _sse(
@@ -506,7 +579,16 @@ class _Conn(asyncio.Protocol):
                 "type": "message",
                 "role": "assistant",
                 "model": sc.model or rec.body.get("model") or "claude-fake",
-                "content": [{"type": "text", "text": text}],
+                "content": ([{"type": "text", "text": text}] if text or not sc.tool_calls else [])
+                + [
+                    {
+                        "type": "tool_use",
+                        "id": call.id,
+                        "name": call.name,
+                        "input": json.loads("".join(call.pieces) or "{}"),
+                    }
+                    for call in sc.tool_calls
+                ],
                 "stop_reason": sc.stop_reason,
                 "stop_sequence": None,
                 "usage": {

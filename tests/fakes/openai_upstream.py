@@ -61,6 +61,7 @@ from tests.fakes.anthropic_upstream import (
     _TERMINATOR,
     FakeAnthropic,
     RecordedRequest,
+    ToolUse,
     _chunk,
     _Conn,
     _dumps,
@@ -118,6 +119,11 @@ class OpenAIScenario:
     reasoning: list[str] = field(default_factory=list)
     # Extra response headers (any status), e.g. {"x-should-retry": "false"}.
     extra_headers: dict[str, str] = field(default_factory=dict)
+    # Tool calls after the content: a delta with the call's index, id and name, then one per
+    # piece of its arguments (style ollama: each whole call in one delta, with no index).
+    tool_calls: list[ToolUse] = field(default_factory=list)
+    # usage.prompt_tokens_details.cached_tokens (left out when None).
+    cached_tokens: int | None = None
 
     def __post_init__(self) -> None:
         if self.style not in STYLES:
@@ -201,13 +207,36 @@ class _Encoder:
         fin = b',"finish_reason":' + _dumps(reason).encode()
         return _chunk(self.prefix + delta + self._logprobs + fin + self._tail)
 
-    def usage_frame(self, prompt: int, completion: int) -> bytes:
-        usage = {
+    def usage_frame(self, prompt: int, completion: int, cached: int | None = None) -> bytes:
+        usage: dict[str, Any] = {
             "prompt_tokens": prompt,
             "completion_tokens": completion,
             "total_tokens": prompt + completion,
         }
+        if cached is not None:
+            usage["prompt_tokens_details"] = {"cached_tokens": cached}
         return _data({**self.envelope, "choices": [], "usage": usage})
+
+
+def _tool_call_deltas(calls: list[ToolUse], style: str) -> tuple[bytes, ...]:
+    """The `delta` objects of tool calls, in the order they are sent."""
+    deltas: list[dict[str, Any]] = []
+    for index, call in enumerate(calls):
+        head = {"id": call.id, "type": "function"}
+        if style == "ollama":
+            whole = {**head, "function": {"name": call.name, "arguments": "".join(call.pieces)}}
+            deltas.append({"role": "assistant", "content": "", "tool_calls": [whole]})
+            continue
+        deltas.append(
+            {
+                "tool_calls": [
+                    {"index": index, **head, "function": {"name": call.name, "arguments": ""}}
+                ]
+            }
+        )
+        for piece in call.pieces:
+            deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
+    return tuple(_dumps(delta).encode() for delta in deltas)
 
 
 def _wants_usage(body: dict[str, Any]) -> bool:
@@ -250,12 +279,14 @@ class _OpenAIConn(_Conn):
         ]
         enc = _Encoder(sc.style, self._fake._completion_id(rec, sc), self._fake._model(rec))
         self._write(_head(200, headers) + enc.role_frame())
-        self._frames = tuple(enc.frame(d) for d in self._fake._delta_json_for(sc))
+        deltas = self._fake._delta_json_for(sc) + _tool_call_deltas(sc.tool_calls, sc.style)
+        self._frames = tuple(enc.frame(d) for d in deltas)
         tail = []
         if not sc.done_without_finish:
             tail.append(enc.finish_frame(sc.finish_reason))
         if sc.usage_when_asked and _wants_usage(rec.body):
-            tail.append(enc.usage_frame(sc.prompt_tokens, self._fake._completion_tokens(sc)))
+            completion = self._fake._completion_tokens(sc)
+            tail.append(enc.usage_frame(sc.prompt_tokens, completion, sc.cached_tokens))
         if not sc.no_done:
             tail.append(_DONE)
         tail.append(_TERMINATOR)

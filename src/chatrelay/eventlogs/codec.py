@@ -2,7 +2,8 @@
 
     t<text>    TextDelta          h<text>   ThinkingDelta
     a<json>    Answering          e<json>   End
-    c<reason>  Cut
+    c<reason>  Cut                u<json>   ToolCallStart
+    d<index> <arguments>          ToolCallDelta
 
 The deltas, nearly every entry, are their UTF-8 text behind the tag: no JSON to write or
 parse. An `End`'s error keeps what readers are shown (its class, by code, and message); the
@@ -18,7 +19,18 @@ from typing import Any
 import orjson
 
 from ..errors import ChatRelayError, InternalError
-from ..events import Answering, Cut, End, StreamEvent, StreamMeta, TextDelta, ThinkingDelta, Usage
+from ..events import (
+    Answering,
+    Cut,
+    End,
+    StreamEvent,
+    StreamMeta,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..models import ModelSpec
 
 # The tags of the events that end a stream (the copy script reads them too).
@@ -30,6 +42,10 @@ def dump(event: StreamEvent) -> bytes:
         return b"t" + event.text.encode()
     if isinstance(event, ThinkingDelta):
         return b"h" + event.text.encode()
+    if isinstance(event, ToolCallDelta):
+        return b"d%d %b" % (event.index, event.arguments.encode())
+    if isinstance(event, ToolCallStart):
+        return b"u" + orjson.dumps([event.index, event.id, event.name])
     if isinstance(event, Answering):
         spec = dataclasses.asdict(event.spec)
         return b"a" + orjson.dumps({"spec": spec, "fallback_from": event.fallback_from})
@@ -61,6 +77,12 @@ def load(data: bytes) -> StreamEvent:
         return ThinkingDelta(body.decode())
     if tag == b"c":
         return Cut(body.decode())
+    if tag == b"d":
+        index, _, arguments = body.partition(b" ")
+        return ToolCallDelta(int(index), arguments.decode())
+    if tag == b"u":
+        number, id, name = orjson.loads(body)
+        return ToolCallStart(number, id, name)
     fields: dict[str, Any] = orjson.loads(body)
     if tag == b"a":
         spec = fields["spec"]

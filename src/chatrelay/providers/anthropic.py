@@ -35,6 +35,7 @@ from .. import catalog
 from ..errors import (
     FieldProblem,
     InvalidField,
+    Unsupported,
     UpstreamAuthError,
     UpstreamError,
     UpstreamFailed,
@@ -43,7 +44,15 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
+from ..events import (
+    ProviderEvent,
+    Stop,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from .base import ChatParams
 from .sdk import (
     ClientOptions,
@@ -86,13 +95,15 @@ _USAGE_EVENTS = (b"message_start", b"message_delta")
 
 
 class _UsageCounter:
-    """Follows the cumulative usage and the stop reason across message_start/message_delta."""
+    """Follows the cumulative usage and the stop reason across message_start/message_delta.
 
-    __slots__ = ("input_tokens", "output_tokens", "stop_reason")
+    Anthropic's `input_tokens` leaves out the tokens read from or written to the prompt cache;
+    the project's counts every input token, with the cache's shares beside it."""
+
+    __slots__ = ("counts", "stop_reason")
 
     def __init__(self) -> None:
-        self.input_tokens: int | None = None
-        self.output_tokens: int | None = None
+        self.counts: dict[str, int] = {}
         self.stop_reason: str | None = None
 
     def update(self, payload: dict[str, Any]) -> Usage:
@@ -102,11 +113,23 @@ class _UsageCounter:
             counts = payload.get("usage") or {}
             self.stop_reason = (payload.get("delta") or {}).get("stop_reason")
         # Counts are cumulative, and a field that is present replaces the earlier value.
-        if counts.get("input_tokens") is not None:
-            self.input_tokens = counts["input_tokens"]
-        if counts.get("output_tokens") is not None:
-            self.output_tokens = counts["output_tokens"]
-        return Usage(self.input_tokens, self.output_tokens)
+        for name, value in counts.items():
+            if isinstance(value, int):
+                self.counts[name] = value
+        return self.usage()
+
+    def usage(self) -> Usage:
+        counts = self.counts
+        uncached = counts.get("input_tokens")
+        read = counts.get("cache_read_input_tokens")
+        written = counts.get("cache_creation_input_tokens")
+        total = None if uncached is None else uncached + (read or 0) + (written or 0)
+        return Usage(
+            total,
+            counts.get("output_tokens"),
+            cache_read_tokens=read,
+            cache_write_tokens=written,
+        )
 
 
 def _stream_error(data: bytes, headers: httpx2.Headers, secret: str | None) -> UpstreamError:
@@ -153,7 +176,18 @@ class AnthropicProvider:
         return str(self._client.base_url)
 
     def check(self, params: ChatParams) -> None:
-        return None
+        output = params.output_format
+        if output is None:
+            return
+        if output["type"] == "json_object":
+            raise Unsupported(
+                "response_format",
+                f"model {params.model!r} takes no json_object mode; send a json_schema",
+            )
+        if not catalog.accepts_output_schema("anthropic", params.model):
+            raise Unsupported(
+                "response_format", f"model {params.model!r} does not take a JSON schema output"
+            )
 
     def check_temperature(self, temperature: float, alias: str) -> None:
         if temperature > MAX_TEMPERATURE:
@@ -183,6 +217,13 @@ class AnthropicProvider:
             request["stop_sequences"] = params.stop_sequences
         if params.thinking is not None:
             request["thinking"] = params.thinking
+        if params.tools:
+            request["tools"] = params.tools
+        if params.tool_choice is not None:
+            request["tool_choice"] = params.tool_choice
+        if params.output_format is not None:
+            schema = params.output_format["schema"]
+            request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
         for name, value in (
             ("temperature", params.temperature),
             ("top_p", params.top_p),
@@ -200,16 +241,28 @@ class AnthropicProvider:
             try:
                 decoder = SSEDecoder()
                 usage = _UsageCounter()
+                tool_of: dict[int, int] = {}  # content block index -> tool call number
                 chunks = body_chunks(response)
                 async for chunk in chunks:
                     for event, data in decoder.feed(chunk):
                         if event == b"content_block_delta":
-                            delta = orjson.loads(data)["delta"]
+                            payload = orjson.loads(data)
+                            delta = payload["delta"]
                             kind = delta["type"]
                             if kind == "text_delta":
                                 yield TextDelta(delta["text"])
                             elif kind == "thinking_delta":
                                 yield ThinkingDelta(delta["thinking"])
+                            elif kind == "input_json_delta" and delta["partial_json"]:
+                                yield ToolCallDelta(
+                                    tool_of[payload["index"]], delta["partial_json"]
+                                )
+                        elif event == b"content_block_start":
+                            payload = orjson.loads(data)
+                            block = payload["content_block"]
+                            if block["type"] == "tool_use":
+                                tool_of[payload["index"]] = number = len(tool_of)
+                                yield ToolCallStart(number, block["id"], block["name"])
                         elif event == b"message_stop":
                             await finish_body(response, chunks)
                             yield Stop(usage.stop_reason)
@@ -227,8 +280,8 @@ class AnthropicProvider:
             raise connection_error(exc, timed_out) from None
         except httpx2.HTTPError as exc:
             raise transport_error(exc) from None
-        except orjson.JSONDecodeError as exc:
-            raise UpstreamFailed(f"unparseable event: {exc}") from None
+        except (orjson.JSONDecodeError, KeyError, TypeError) as exc:
+            raise UpstreamFailed(f"unparseable event: {exc!r}") from None
 
     async def aclose(self) -> None:
         await self._client.close()

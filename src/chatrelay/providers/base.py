@@ -27,6 +27,11 @@ class ChatParams:
     stop_sequences: list[str] | None = None
     thinking: dict[str, Any] | None = None
     metadata: Mapping[str, Any] = field(default_factory=dict)
+    # Messages API shapes: [{name, description, input_schema}], {type, name,
+    # disable_parallel_tool_use}, and {type: json_schema | json_object, schema, name, strict}.
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: dict[str, Any] | None = None
+    output_format: dict[str, Any] | None = None
 
 
 class Provider(Protocol):

@@ -10,6 +10,7 @@ import asyncio
 from collections.abc import AsyncGenerator, Mapping
 from typing import Any
 
+import orjson
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from ..errors import (
@@ -23,7 +24,15 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
+from ..events import (
+    ProviderEvent,
+    Stop,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..tokens import input_tokens
 from ..validation import problems_from
 from .base import ChatParams
@@ -57,6 +66,8 @@ class MockOptions(BaseModel):
     fail_after: int | None = Field(None, ge=0)
     fail_code: str = "overloaded"
     stall_after: int | None = Field(None, ge=0)
+    # With tools offered: how many of them to call in one reply (then stop for their results).
+    tool_calls: int = Field(1, ge=0, le=128)
 
 
 OPTIONS = tuple(MockOptions.model_fields)
@@ -101,7 +112,7 @@ def reply_words(params: ChatParams, options: MockOptions) -> list[str]:
             (m["content"] for m in reversed(params.messages) if m["role"] == "user"), ""
         )
         if not isinstance(last_user, str):
-            last_user = "".join(block.get("text", "") for block in last_user)
+            last_user = "".join(_block_text(block) for block in last_user)
         quoted = " ".join(last_user.split())
         quoted = quoted if len(quoted) <= 200 else quoted[:199] + "…"
         text = f"Hello! This is a mock AI response to: “{quoted}”. The streaming is working!"
@@ -115,6 +126,46 @@ def reply_words(params: ChatParams, options: MockOptions) -> list[str]:
         pieces = pieces[: options.words]
         pieces[-1] = pieces[-1].rstrip(" ")
     return [piece for piece in pieces if piece]
+
+
+def _block_text(block: dict[str, Any]) -> str:
+    if block.get("type") != "tool_result":
+        return str(block.get("text", ""))
+    content = block.get("content", "")
+    if not isinstance(content, str):
+        content = "".join(str(b.get("text", "")) for b in content)
+    return f"[{block['tool_use_id']} returned {content}]"
+
+
+def tool_calls(params: ChatParams, options: MockOptions) -> list[tuple[str, str]]:
+    """(name, arguments) of the calls the mock makes: the tools offered, in order (the chosen
+    one only), unless the last turn brings tool results, which it answers in text."""
+    choice = params.tool_choice or {}
+    if not params.tools or choice.get("type") == "none":
+        return []
+    last = params.messages[-1]["content"]
+    if isinstance(last, list) and any(b.get("type") == "tool_result" for b in last):
+        return []
+    tools = params.tools
+    if choice.get("type") == "tool":
+        tools = [t for t in tools if t["name"] == choice["name"]]
+    count = 1 if choice.get("disable_parallel_tool_use") else options.tool_calls
+    return [(t["name"], orjson.dumps(_sample(t["input_schema"])).decode()) for t in tools[:count]]
+
+
+def _sample(schema: Any) -> Any:
+    """A value of a JSON schema's shape (the first of an enum; every property of an object)."""
+    if not isinstance(schema, dict):
+        return None
+    if schema.get("enum"):
+        return schema["enum"][0]
+    kind = schema.get("type")
+    if isinstance(kind, list):
+        kind = next((k for k in kind if k != "null"), None)
+    if kind == "object" or "properties" in schema:
+        return {name: _sample(sub) for name, sub in (schema.get("properties") or {}).items()}
+    samples = {"string": "mock", "integer": 1, "number": 1.5, "boolean": True, "array": []}
+    return samples.get(str(kind))
 
 
 def estimate_tokens(params: ChatParams) -> int:
@@ -145,27 +196,44 @@ class MockProvider:
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
         options = mock_options(params.metadata)
         delay = self._delay_s if options.delay_s is None else options.delay_s
-        pieces = reply_words(params, options)
-        stop_reason = "end_turn"
-        if len(pieces) > params.max_tokens:  # one piece stands for one token
-            pieces, stop_reason = pieces[: params.max_tokens], "max_tokens"
+        calls = tool_calls(params, options)
+        # One piece (a word of text, 8 characters of a call's arguments) stands for one token.
+        pieces: list[ProviderEvent] = []
+        if calls:
+            stop_reason = "tool_use"
+            for number, (name, arguments) in enumerate(calls):
+                pieces.append(ToolCallStart(number, f"toolu_mock_{number}", name))
+                # In pieces, as a model writes them: a client must not need them in one.
+                pieces += [
+                    ToolCallDelta(number, arguments[i : i + 8]) for i in range(0, len(arguments), 8)
+                ]
+        else:
+            stop_reason = "end_turn"
+            pieces = [TextDelta(word) for word in reply_words(params, options)]
+            if len(pieces) > params.max_tokens:
+                pieces, stop_reason = pieces[: params.max_tokens], "max_tokens"
         if options.first_token_delay_s:
             await asyncio.sleep(options.first_token_delay_s)
         yield Usage(input_tokens=estimate_tokens(params), output_tokens=0)
         if params.thinking is not None:
-            for piece in ("Let me think ", "about that. "):
-                yield ThinkingDelta(piece)
-        for sent, piece in enumerate(pieces):
+            for thought in ("Let me think ", "about that. "):
+                yield ThinkingDelta(thought)
+        sent = 0
+        for piece in pieces:
+            if isinstance(piece, ToolCallStart):
+                yield piece
+                continue
             if sent == options.fail_after:
                 raise FAILURES[options.fail_code](f"mock failure after {sent} pieces")
             if sent == options.stall_after:
                 await asyncio.Event().wait()  # until the stream is cancelled
             if sent and delay:
                 await asyncio.sleep(delay)
-            yield TextDelta(piece)
-        if options.fail_after is not None and options.fail_after >= len(pieces):
-            raise FAILURES[options.fail_code](f"mock failure after {len(pieces)} pieces")
-        yield Usage(input_tokens=estimate_tokens(params), output_tokens=len(pieces))
+            yield piece
+            sent += 1
+        if options.fail_after is not None and options.fail_after >= sent:
+            raise FAILURES[options.fail_code](f"mock failure after {sent} pieces")
+        yield Usage(input_tokens=estimate_tokens(params), output_tokens=sent)
         yield Stop(stop_reason)
 
     async def aclose(self) -> None:

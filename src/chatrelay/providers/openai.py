@@ -27,7 +27,15 @@ from ..errors import (
     UpstreamRejected,
     UpstreamTimeout,
 )
-from ..events import ProviderEvent, Stop, TextDelta, ThinkingDelta, Usage
+from ..events import (
+    ProviderEvent,
+    Stop,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from .base import ChatParams
 from .sdk import (
     ClientOptions,
@@ -64,19 +72,123 @@ _ERROR_TYPES: dict[str, type[UpstreamError]] = {
 
 
 def openai_messages(params: ChatParams) -> list[dict[str, Any]]:
-    """Messages API turns and blocks -> Chat Completions messages and content parts."""
+    """Messages API turns and blocks -> Chat Completions messages and content parts.
+
+    An assistant turn's `tool_use` blocks become its `tool_calls`; a user turn's `tool_result`
+    blocks become `tool` messages, before whatever else the turn says."""
     messages: list[dict[str, Any]] = []
     if params.system:
         messages.append({"role": "system", "content": params.system})
     for message in params.messages:
         content = message["content"]
-        if isinstance(content, list):
-            if all(block["type"] == "text" for block in content):
-                content = "".join(block["text"] for block in content)
+        if isinstance(content, str):
+            messages.append({"role": message["role"], "content": content})
+            continue
+        calls = [_tool_call(b) for b in content if b["type"] == "tool_use"]
+        for block in content:
+            if block["type"] == "tool_result":
+                messages.append(
+                    {
+                        "role": "tool",
+                        "tool_call_id": block["tool_use_id"],
+                        "content": _result_text(block),
+                    }
+                )
+        rest = [b for b in content if b["type"] in ("text", "image")]
+        if calls:
+            text = "".join(b.get("text", "") for b in rest)
+            messages.append({"role": "assistant", "content": text or None, "tool_calls": calls})
+        elif rest:
+            if all(block["type"] == "text" for block in rest):
+                parts: Any = "".join(block["text"] for block in rest)
             else:
-                content = [_part(block) for block in content]
-        messages.append({"role": message["role"], "content": content})
+                parts = [_part(block) for block in rest]
+            messages.append({"role": message["role"], "content": parts})
     return messages
+
+
+def _tool_call(block: dict[str, Any]) -> dict[str, Any]:
+    arguments = orjson.dumps(block["input"]).decode()
+    return {
+        "id": block["id"],
+        "type": "function",
+        "function": {"name": block["name"], "arguments": arguments},
+    }
+
+
+def _result_text(block: dict[str, Any]) -> str:
+    content = block.get("content", "")
+    text = (
+        content
+        if isinstance(content, str)
+        else "".join(b.get("text", "") for b in content if b.get("type") == "text")
+    )
+    return f"Error: {text}" if block.get("is_error") else text
+
+
+def openai_tools(params: ChatParams) -> dict[str, Any]:
+    """The request's tools, tool choice and output format as Chat Completions fields."""
+    fields: dict[str, Any] = {}
+    if params.tools:
+        fields["tools"] = [
+            {
+                "type": "function",
+                "function": {
+                    "name": tool["name"],
+                    **({"description": tool["description"]} if "description" in tool else {}),
+                    "parameters": tool["input_schema"],
+                },
+            }
+            for tool in params.tools
+        ]
+    choice = params.tool_choice
+    if choice is not None:
+        kind = choice["type"]
+        if kind == "tool":
+            fields["tool_choice"] = {"type": "function", "function": {"name": choice["name"]}}
+        else:
+            fields["tool_choice"] = {"any": "required"}.get(kind, kind)
+        if choice.get("disable_parallel_tool_use") and params.tools:
+            fields["parallel_tool_calls"] = False
+    output = params.output_format
+    if output is not None:
+        if output["type"] == "json_object":
+            fields["response_format"] = {"type": "json_object"}
+        else:
+            schema: dict[str, Any] = {
+                "name": output.get("name") or "response",
+                "schema": output["schema"],
+            }
+            if output.get("strict") is not None:
+                schema["strict"] = output["strict"]
+            fields["response_format"] = {"type": "json_schema", "json_schema": schema}
+    return fields
+
+
+class _ToolCallReader:
+    """Chat Completions `tool_calls` deltas -> the project's tool call events.
+
+    A call's first delta carries its id and name (some servers send the whole call in one
+    delta, some no id at all); the rest carry pieces of its arguments, by `index`."""
+
+    __slots__ = ("_number",)
+
+    def __init__(self) -> None:
+        self._number: dict[int, int] = {}  # the upstream's index -> the reply's call number
+
+    def events(self, calls: list[dict[str, Any]]) -> list[ProviderEvent]:
+        events: list[ProviderEvent] = []
+        for position, call in enumerate(calls):
+            index = call.get("index", position)
+            function = call.get("function") or {}
+            number = self._number.get(index)
+            if number is None:
+                self._number[index] = number = len(self._number)
+                id = call.get("id") or f"call_{number}"
+                events.append(ToolCallStart(number, id, function.get("name") or ""))
+            if arguments := function.get("arguments"):
+                events.append(ToolCallDelta(number, arguments))
+        return events
 
 
 def _part(block: dict[str, Any]) -> dict[str, Any]:
@@ -102,6 +214,18 @@ def _stream_error(payload: dict[str, Any], secret: str) -> UpstreamError:
         return error_for_status(code, message, {})
     kind = _ERROR_TYPES.get(str(error.get("type"))) or _ERROR_TYPES.get(str(code))
     return (kind or UpstreamFailed)(message)
+
+
+def usage_of(usage: dict[str, Any]) -> Usage:
+    """Chat Completions usage; its prompt tokens include the cached ones."""
+    prompt = usage.get("prompt_tokens_details") or {}
+    completion = usage.get("completion_tokens_details") or {}
+    return Usage(
+        usage.get("prompt_tokens"),
+        usage.get("completion_tokens"),
+        cache_read_tokens=prompt.get("cached_tokens"),
+        reasoning_tokens=completion.get("reasoning_tokens"),
+    )
 
 
 class OpenAIProvider:
@@ -165,6 +289,7 @@ class OpenAIProvider:
             request["top_p"] = params.top_p
         if params.stop_sequences:
             request["stop"] = params.stop_sequences
+        request.update(openai_tools(params))
         return request
 
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
@@ -173,6 +298,7 @@ class OpenAIProvider:
             response = await post_stream(self._client, "/chat/completions", self._request(params))
             try:
                 decoder = SSEDecoder()
+                tool_calls = _ToolCallReader()
                 finish: str | None = None
                 chunks = body_chunks(response)
                 async for chunk in chunks:
@@ -193,10 +319,13 @@ class OpenAIProvider:
                                 or delta.get("reasoning_content")
                             ):
                                 yield ThinkingDelta(reasoning)
+                            if calls := delta.get("tool_calls"):
+                                for event in tool_calls.events(calls):
+                                    yield event
                             if reason := choice.get("finish_reason"):
                                 finish = STOP_REASONS.get(reason, reason)
                         if usage := payload.get("usage"):
-                            yield Usage(usage.get("prompt_tokens"), usage.get("completion_tokens"))
+                            yield usage_of(usage)
                     else:
                         continue
                     await finish_body(response, chunks)

@@ -1,9 +1,11 @@
 """The OpenAI surface: Chat Completions requests in, chunks or a completion out.
 
 Requests are translated into the project's own `ChatRequest` (system messages become the
-system prompt, content parts become content blocks), so every model behind chatrelay serves
-every OpenAI client. Features chatrelay does not offer (tools, `n > 1`, logprobs, audio,
-structured output) are refused with a 400 that names them, never silently dropped.
+system prompt, content parts become content blocks, tools and tool calls the Messages API's
+tools and `tool_use`/`tool_result` blocks, `response_format` the output format), so every
+model behind chatrelay serves every OpenAI client. Features chatrelay does not offer (`n > 1`,
+logprobs, audio, the legacy `functions`) are refused with a 400 that names them, never
+silently dropped.
 """
 
 from __future__ import annotations
@@ -25,7 +27,17 @@ from ..errors import (
     StreamCut,
     Unsupported,
 )
-from ..events import Answering, Cut, End, StreamEvent, StreamMeta, TextDelta, Usage
+from ..events import (
+    Answering,
+    Cut,
+    End,
+    StreamEvent,
+    StreamMeta,
+    TextDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..schemas import NO_USER_MESSAGE, ChatRequest, problems_from, validate_json
 
 NAME = "openai"
@@ -65,12 +77,13 @@ class OpenAIChatRequest(BaseModel):
     user: str | None = None
     metadata: dict[str, Any] | None = None
     # Refused unless left at their defaults.
-    n: int | None = None
-    tools: list[Any] | None = None
-    functions: list[Any] | None = None
-    tool_choice: Any = None
-    function_call: Any = None
+    tools: list[dict[str, Any]] | None = None
+    tool_choice: str | dict[str, Any] | None = None
+    parallel_tool_calls: bool | None = None
     response_format: dict[str, Any] | None = None
+    n: int | None = None
+    functions: list[Any] | None = None
+    function_call: Any = None
     logprobs: bool | None = None
     top_logprobs: int | None = None
     logit_bias: dict[str, Any] | None = None
@@ -82,11 +95,8 @@ class OpenAIChatRequest(BaseModel):
     def refuse_unsupported(self) -> None:
         refused = {
             "n": self.n not in (None, 1),
-            "tools": bool(self.tools),
             "functions": bool(self.functions),
-            "tool_choice": self.tool_choice not in (None, "none", "auto"),
             "function_call": self.function_call not in (None, "none", "auto"),
-            "response_format": (self.response_format or {}).get("type", "text") != "text",
             "logprobs": bool(self.logprobs) or bool(self.top_logprobs),
             "logit_bias": bool(self.logit_bias),
             "audio": self.audio is not None,
@@ -96,7 +106,8 @@ class OpenAIChatRequest(BaseModel):
         }
         for name, bad in refused.items():
             if bad:
-                raise Unsupported(name, "is not supported by this server")
+                better = " (send `tools`)" if name.startswith("function") else ""
+                raise Unsupported(name, f"is not supported by this server{better}")
 
 
 def parse(body: bytes) -> OpenAIChatRequest:
@@ -110,6 +121,7 @@ def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
     system: list[str] = []
     turns: list[dict[str, Any]] = []
     index_of: list[int] = []  # turns[i] came from request.messages[index_of[i]]
+    results: list[dict[str, Any]] | None = None  # the tool results turn being gathered
     for index, message in enumerate(request.messages):
         role = message.get("role")
         content = message.get("content")
@@ -118,9 +130,31 @@ def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
             if text:
                 system.append(text)
             continue
-        if role in ("tool", "function") or message.get("tool_calls"):
-            raise Unsupported(f"messages[{index}]", "tool calls are not supported by this server")
-        turns.append({"role": role, "content": _blocks(content, index)})
+        if role == "function":
+            raise Unsupported(
+                f"messages[{index}]", "`function` messages are not supported (send `tool`)"
+            )
+        if role == "tool":
+            result = _tool_result(message, index)
+            if results is not None:  # results of one turn's calls: one user turn
+                results.append(result)
+            else:
+                results = [result]
+                turns.append({"role": "user", "content": results})
+                index_of.append(index)
+            continue
+        blocks = _blocks(content, index)
+        if role == "assistant" and message.get("tool_calls"):
+            said: list[Any] = [] if blocks in (None, "") else _as_list(blocks)
+            blocks = said + _tool_uses(message["tool_calls"], index)
+        if role == "user" and results is not None:
+            # What the user adds after the tool results goes in the same turn, after them.
+            results.extend(_as_list(blocks))
+            index_of[-1] = index
+            results = None
+            continue
+        results = None
+        turns.append({"role": role, "content": blocks})
         index_of.append(index)
     max_tokens = request.max_completion_tokens or request.max_tokens
     stop = [request.stop] if isinstance(request.stop, str) else request.stop
@@ -134,6 +168,11 @@ def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
         "system": "\n\n".join(system) or None,
         "metadata": request.metadata,
         "conversation_id": (request.metadata or {}).get("conversation_id"),
+        "tools": _tools(request.tools) if request.tools else None,
+        "tool_choice": _tool_choice(
+            request.tool_choice, request.parallel_tool_calls, request.tools
+        ),
+        "output_format": _output_format(request.response_format),
     }
     if not turns:
         raise InvalidField([FieldProblem("messages", NO_USER_MESSAGE)])
@@ -148,7 +187,132 @@ def _renumber(problem: FieldProblem, index_of: list[int]) -> FieldProblem:
     field = re.sub(
         r"^messages\[(\d+)\]", lambda m: f"messages[{index_of[int(m.group(1))]}]", problem.field
     ).replace("stop_sequences", "stop")
+    field = re.sub(r"^tools\[(\d+)\]\.input_schema", r"tools[\1].function.parameters", field)
+    field = re.sub(r"^tools\[(\d+)\]", r"tools[\1].function", field)
+    field = field.replace("output_format", "response_format")
     return FieldProblem(field, problem.message)
+
+
+def _as_list(blocks: Any) -> list[Any]:
+    return [{"type": "text", "text": blocks}] if isinstance(blocks, str) else list(blocks)
+
+
+def _tool_result(message: dict[str, Any], index: int) -> dict[str, Any]:
+    call_id = message.get("tool_call_id")
+    if not isinstance(call_id, str) or not call_id:
+        raise InvalidField(
+            [FieldProblem(f"messages[{index}].tool_call_id", "must name the tool call it answers")]
+        )
+    return {
+        "type": "tool_result",
+        "tool_use_id": call_id,
+        "content": _text_only(message.get("content") or "", index),
+    }
+
+
+def _tool_uses(calls: Any, index: int) -> list[dict[str, Any]]:
+    """An assistant message's `tool_calls` as `tool_use` blocks."""
+    where = f"messages[{index}].tool_calls"
+    if not isinstance(calls, list):
+        raise InvalidField([FieldProblem(where, "must be a list of tool calls")])
+    blocks = []
+    for number, call in enumerate(calls):
+        function = call.get("function") if isinstance(call, dict) else None
+        if not isinstance(function, dict) or not isinstance(call.get("id"), str):
+            raise InvalidField(
+                [FieldProblem(f"{where}[{number}]", "must have an `id` and a `function`")]
+            )
+        try:
+            arguments = orjson.loads(function.get("arguments") or "{}")
+        except (orjson.JSONDecodeError, TypeError):
+            arguments = None
+        if not isinstance(arguments, dict):
+            raise InvalidField(
+                [
+                    FieldProblem(
+                        f"{where}[{number}].function.arguments", "must be a JSON object, as text"
+                    )
+                ]
+            )
+        blocks.append(
+            {"type": "tool_use", "id": call["id"], "name": function.get("name"), "input": arguments}
+        )
+    return blocks
+
+
+def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Chat Completions function tools as Messages API tools."""
+    out = []
+    for number, tool in enumerate(tools):
+        function = tool.get("function")
+        if tool.get("type") != "function" or not isinstance(function, dict):
+            kind = tool.get("type")
+            raise Unsupported(
+                f"tools[{number}]", f"tools of type {kind!r} are not supported (only 'function')"
+            )
+        out.append(
+            {
+                "name": function.get("name"),
+                "description": function.get("description"),
+                "input_schema": function.get("parameters") or {"type": "object", "properties": {}},
+            }
+        )
+    return out
+
+
+def _tool_choice(
+    choice: str | dict[str, Any] | None, parallel: bool | None, tools: list[Any] | None
+) -> dict[str, Any] | None:
+    """`tool_choice` and `parallel_tool_calls` as the Messages API's `tool_choice`."""
+    if choice is None and parallel is not False:
+        return None
+    if choice is None or choice == "auto":
+        picked: dict[str, Any] = {"type": "auto"}
+    elif choice == "required":
+        picked = {"type": "any"}
+    elif choice == "none":
+        picked = {"type": "none"}
+    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
+        picked = {"type": "tool", "name": choice["function"].get("name")}
+    else:
+        raise InvalidField(
+            [
+                FieldProblem(
+                    "tool_choice",
+                    "must be 'auto', 'required', 'none' or {type: 'function', function: {name}}",
+                )
+            ]
+        )
+    if parallel is False and tools and picked["type"] != "none":
+        picked["disable_parallel_tool_use"] = True
+    return picked
+
+
+def _output_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:
+    kind = (response_format or {}).get("type", "text")
+    if response_format is None or kind == "text":
+        return None
+    if kind == "json_object":
+        return {"type": "json_object"}
+    spec = response_format.get("json_schema")
+    if (
+        kind != "json_schema"
+        or not isinstance(spec, dict)
+        or not isinstance(spec.get("schema"), dict)
+    ):
+        raise InvalidField(
+            [
+                FieldProblem(
+                    "response_format",
+                    "must be {type: 'text'}, {type: 'json_object'} or"
+                    " {type: 'json_schema', json_schema: {name, schema, strict}}",
+                )
+            ]
+        )
+    out = {"type": "json_schema", "schema": spec["schema"], "name": spec.get("name")}
+    if spec.get("strict") is not None:
+        out["strict"] = spec["strict"]
+    return out
 
 
 def _text_only(content: Any, index: int) -> str:
@@ -200,15 +364,21 @@ def _blocks(content: Any, index: int) -> Any:
     return blocks
 
 
-def usage_object(usage: Usage | None) -> dict[str, int] | None:
+def usage_object(usage: Usage | None) -> dict[str, Any] | None:
+    """Chat Completions usage: prompt tokens include the cached ones, as OpenAI counts them."""
     if usage is None:
         return None
     prompt, completion = usage.input_tokens or 0, usage.output_tokens or 0
-    return {
+    counts: dict[str, Any] = {
         "prompt_tokens": prompt,
         "completion_tokens": completion,
         "total_tokens": prompt + completion,
     }
+    if usage.cache_read_tokens is not None or usage.cache_write_tokens is not None:
+        counts["prompt_tokens_details"] = {"cached_tokens": usage.cache_read_tokens or 0}
+    if usage.reasoning_tokens is not None:
+        counts["completion_tokens_details"] = {"reasoning_tokens": usage.reasoning_tokens}
+    return counts
 
 
 class ChunkEncoder:
@@ -254,6 +424,17 @@ class ChunkEncoder:
                     orjson.dumps(event.text),
                 )
             )
+        if isinstance(event, ToolCallDelta):
+            call = {"index": event.index, "function": {"arguments": event.arguments}}
+            return self._chunk(seq, {"tool_calls": [call]})
+        if isinstance(event, ToolCallStart):
+            call = {
+                "index": event.index,
+                "id": event.id,
+                "type": "function",
+                "function": {"name": event.name, "arguments": ""},
+            }
+            return self._chunk(seq, {"tool_calls": [call]})
         if isinstance(event, Answering):
             self._set_model(event.spec.alias)
             return self._chunk(seq, {"role": "assistant", "content": ""})
@@ -291,6 +472,21 @@ def error_chunk(seq: int, error: ChatRelayError) -> bytes:
     return b"id: %d\ndata: %b\n\n" % (seq, orjson.dumps(openai_body(error)))
 
 
+def _message(reply: Completion) -> dict[str, Any]:
+    message: dict[str, Any] = {"role": "assistant", "content": reply.content, "refusal": None}
+    if reply.tool_calls:
+        message["content"] = reply.content or None
+        message["tool_calls"] = [
+            {
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": call.arguments or "{}"},
+            }
+            for call in reply.tool_calls
+        ]
+    return message
+
+
 def completion_object(job: ChatJob, reply: Completion) -> dict[str, Any]:
     """A whole reply as a `chat.completion` object."""
     return {
@@ -302,7 +498,7 @@ def completion_object(job: ChatJob, reply: Completion) -> dict[str, Any]:
         "choices": [
             {
                 "index": 0,
-                "message": {"role": "assistant", "content": reply.content, "refusal": None},
+                "message": _message(reply),
                 "logprobs": None,
                 "finish_reason": FINISH_REASONS.get(reply.stop_reason or "end_turn", "stop"),
             }

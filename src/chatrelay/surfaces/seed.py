@@ -13,6 +13,14 @@ Wire contract (from the seed guide; a frontend written against it must work unch
     id: 2
     data: {"content": "Hel"}           <- one frame per upstream text delta, in order
 
+    id: 5
+    event: tool_call                   <- the model calls a tool (named: content-only
+    data: {"index": 0, "id": "toolu_1", "name": "get_weather"}     readers skip it)
+
+    id: 6
+    event: tool_call_delta             <- a piece of that call's arguments (JSON text)
+    data: {"index": 0, "arguments": "{\"city\": "}
+
     id: 7
     data: {"error": "...", "code": "overloaded"}   <- only when the reply failed
 
@@ -36,7 +44,18 @@ import orjson
 from ..chat import ChatJob, Completion
 from ..error_bodies import seed_frame_payload
 from ..errors import ChatRelayError
-from ..events import Answering, Cut, End, StreamEvent, StreamMeta, TextDelta, ThinkingDelta, Usage
+from ..events import (
+    Answering,
+    Cut,
+    End,
+    StreamEvent,
+    StreamMeta,
+    TextDelta,
+    ThinkingDelta,
+    ToolCallDelta,
+    ToolCallStart,
+    Usage,
+)
 from ..schemas import ChatRequest, parse_chat_request
 
 NAME = "seed"
@@ -48,10 +67,16 @@ def parse(body: bytes) -> ChatRequest:
 
 
 def usage_dict(usage: Usage | None) -> dict[str, int | None]:
-    return {
+    """Input and output tokens; the prompt cache's and the reasoning's shares when counted."""
+    counts = {
         "input_tokens": usage.input_tokens if usage else None,
         "output_tokens": usage.output_tokens if usage else None,
     }
+    if usage is not None:
+        for name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+            if (value := getattr(usage, name)) is not None:
+                counts[name] = value
+    return counts
 
 
 def frame(seq: int, data: bytes, event: str | None = None) -> bytes:
@@ -78,6 +103,13 @@ class SeedEncoder:
             return b'id: %d\ndata: {"content":%b}\n\n' % (seq, orjson.dumps(event.text))
         if isinstance(event, ThinkingDelta):
             return json_frame(seq, {"thinking": event.text}, "thinking")
+        if isinstance(event, ToolCallDelta):
+            return json_frame(
+                seq, {"index": event.index, "arguments": event.arguments}, "tool_call_delta"
+            )
+        if isinstance(event, ToolCallStart):
+            call = {"index": event.index, "id": event.id, "name": event.name}
+            return json_frame(seq, call, "tool_call")
         if isinstance(event, Answering):
             return json_frame(seq, self._start(event), "start")
         if isinstance(event, End):
@@ -139,6 +171,8 @@ def reply_object(job: ChatJob, reply: Completion) -> dict[str, Any]:
     }
     if reply.thinking:
         body["thinking"] = reply.thinking
+    if reply.tool_calls:
+        body["tool_calls"] = [call.block() for call in reply.tool_calls]
     if job.warnings:
         body["warnings"] = job.warnings
     return body
