@@ -120,7 +120,7 @@ class OpenAIScenario:
     # Extra response headers (any status), e.g. {"x-should-retry": "false"}.
     extra_headers: dict[str, str] = field(default_factory=dict)
     # Tool calls after the content: a delta with the call's index, id and name, then one per
-    # piece of its arguments (style ollama: each whole call in one delta, with no index).
+    # piece of its arguments (style ollama: every call whole in one delta, with no index).
     tool_calls: list[ToolUse] = field(default_factory=list)
     # usage.prompt_tokens_details.cached_tokens (left out when None).
     cached_tokens: int | None = None
@@ -221,19 +221,20 @@ class _Encoder:
 def _tool_call_deltas(calls: list[ToolUse], style: str) -> tuple[bytes, ...]:
     """The `delta` objects of tool calls, in the order they are sent."""
     deltas: list[dict[str, Any]] = []
-    for index, call in enumerate(calls):
-        head = {"id": call.id, "type": "function"}
-        if style == "ollama":
-            whole = {**head, "function": {"name": call.name, "arguments": "".join(call.pieces)}}
-            deltas.append({"role": "assistant", "content": "", "tool_calls": [whole]})
-            continue
-        deltas.append(
+    if style == "ollama" and calls:  # every call whole, in one delta, with no index
+        whole = [
             {
-                "tool_calls": [
-                    {"index": index, **head, "function": {"name": call.name, "arguments": ""}}
-                ]
+                "id": call.id,
+                "type": "function",
+                "function": {"name": call.name, "arguments": "".join(call.pieces)},
             }
-        )
+            for call in calls
+        ]
+        deltas.append({"role": "assistant", "content": "", "tool_calls": whole})
+    for index, call in enumerate(calls if style != "ollama" else ()):
+        head = {"id": call.id, "type": "function"}
+        function = {"name": call.name, "arguments": ""}
+        deltas.append({"tool_calls": [{"index": index, **head, "function": function}]})
         for piece in call.pieces:
             deltas.append({"tool_calls": [{"index": index, "function": {"arguments": piece}}]})
     return tuple(_dumps(delta).encode() for delta in deltas)

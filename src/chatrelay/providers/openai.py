@@ -171,10 +171,11 @@ class _ToolCallReader:
     A call's first delta carries its id and name (some servers send the whole call in one
     delta, some no id at all); the rest carry pieces of its arguments, by `index`."""
 
-    __slots__ = ("_number",)
+    __slots__ = ("_calls", "_number")
 
     def __init__(self) -> None:
         self._number: dict[int, int] = {}  # the upstream's index -> the reply's call number
+        self._calls = 0
 
     def events(self, calls: list[dict[str, Any]]) -> list[ProviderEvent]:
         events: list[ProviderEvent] = []
@@ -182,8 +183,11 @@ class _ToolCallReader:
             index = call.get("index", position)
             function = call.get("function") or {}
             number = self._number.get(index)
-            if number is None:
-                self._number[index] = number = len(self._number)
+            # A delta with no index that brings a new id is a new call (servers that send
+            # calls whole, one per delta).
+            if number is None or ("index" not in call and call.get("id")):
+                self._number[index] = number = self._calls
+                self._calls += 1
                 id = call.get("id") or f"call_{number}"
                 events.append(ToolCallStart(number, id, function.get("name") or ""))
             if arguments := function.get("arguments"):
