@@ -698,3 +698,48 @@ async def test_the_key_field_when_auth_is_on(browser: Browser, tmp_path: Path) -
             await page.locator("#token-forget").click()
             await expect(page.locator("#auth-message")).to_contain_text("needs an API key")
             assert await page.evaluate("localStorage.getItem('chatrelay.token')") is None
+
+
+async def test_tool_calls_and_results_show_as_collapsed_blocks(page: Page, site: Site) -> None:
+    """A conversation an API client had with tools: the page shows each call (its name, its
+    arguments inside) and each result collapsed, beside the text."""
+    tools = [
+        {
+            "name": "get_weather",
+            "input_schema": {"type": "object", "properties": {"city": {"type": "string"}}},
+        }
+    ]
+    async with httpx.AsyncClient(base_url=site.direct, headers=site.auth, timeout=10) as api:
+        first = await api.post(
+            "/ai/chat",
+            json={"messages": [{"role": "user", "content": "Weather?"}], "tools": tools},
+        )
+        assert first.status_code == 200, first.text
+        chat = first.json()
+        [call] = chat["tool_calls"]
+        result = [{"type": "tool_result", "tool_use_id": call["id"], "content": "Sunny, 21 C"}]
+        second = await api.post(
+            "/ai/chat",
+            json={
+                "messages": [{"role": "user", "content": result}],
+                "tools": tools,
+                "conversation_id": chat["conversation_id"],
+            },
+        )
+        assert second.status_code == 200, second.text
+    await load(page, f"{site.url}/#c/{chat['conversation_id']}")
+    calls = page.locator(".msg.assistant details.tool")
+    await expect(calls).to_have_count(1)
+    await expect(calls.locator("summary")).to_have_text("Tool call · get_weather")
+    assert await calls.get_attribute("open") is None  # collapsed
+    await calls.locator("summary").click()
+    await expect(calls.locator("pre")).to_have_text('{\n  "city": "mock"\n}')
+    results = page.locator(".msg.user details.tool")
+    await expect(results.locator("summary")).to_have_text(f"Tool result · {call['id']}")
+    await results.locator("summary").click()
+    await expect(results.locator("pre")).to_have_text("Sunny, 21 C")
+    # The model's answer to the result follows as text.
+    await expect(page.locator(".msg.assistant").nth(1).locator(".body")).to_contain_text(
+        "returned Sunny, 21 C"
+    )
+    await shot(page, "tool-calls")

@@ -162,8 +162,8 @@ async def test_openai_clients_get_tool_calls_streamed_from_every_provider(
         up.script(calls, "Let me look.", None)
         stream = await sdk.chat.completions.create(
             model="gpt-4o" if kind.startswith("openai") else _model(kind),
-            messages=ASK,  # type: ignore[arg-type]
-            tools=[WEATHER, TIME] if parallel else [WEATHER],  # type: ignore[list-item]
+            messages=ASK,
+            tools=[WEATHER, TIME] if parallel else [WEATHER],
             stream=True,
             extra_body=mock_steer(kind, len(calls)),
         )
@@ -202,7 +202,7 @@ async def test_the_seed_route_carries_tool_calls_as_named_frames_content_readers
 ) -> None:
     async with upstream(kind) as up, serve(up.settings()) as url:
         up.script([PARIS], "", None)
-        tools = [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]  # type: ignore[index]
+        tools = [{"name": "get_weather", "input_schema": WEATHER["function"]["parameters"]}]
         result = await stream_chat(
             client, url, {"messages": ASK, "tools": tools, **mock_steer(kind, 1)}
         )
@@ -226,8 +226,8 @@ async def test_an_error_in_the_middle_of_a_tool_call_raises_in_the_openai_sdk(ki
         up.script([PARIS], "", 2)  # fails after two pieces of the arguments
         stream = await sdk.chat.completions.create(
             model="gpt-4o" if kind.startswith("openai") else _model(kind),
-            messages=ASK,  # type: ignore[arg-type]
-            tools=[WEATHER],  # type: ignore[list-item]
+            messages=ASK,
+            tools=[WEATHER],
             stream=True,
         )
         seen = ""
@@ -274,8 +274,8 @@ async def test_tool_results_reach_claude_as_tool_result_blocks_after_its_tool_us
         up.script([], "Sunny and 14:05.", None)
         reply = await sdk.chat.completions.create(
             model="claude-sonnet-5-5",
-            messages=ROUND_TRIP,  # type: ignore[arg-type]
-            tools=[WEATHER, TIME],  # type: ignore[list-item]
+            messages=ROUND_TRIP,
+            tools=[WEATHER, TIME],
             tool_choice="auto",
             parallel_tool_calls=False,
         )
@@ -311,7 +311,7 @@ async def test_tool_results_reach_claude_as_tool_result_blocks_after_its_tool_us
         },
     ]
     assert [t["name"] for t in sent["tools"]] == ["get_weather", "get_time"]
-    assert sent["tools"][0]["input_schema"] == WEATHER["function"]["parameters"]  # type: ignore[index]
+    assert sent["tools"][0]["input_schema"] == WEATHER["function"]["parameters"]
     assert sent["tool_choice"] == {"type": "auto", "disable_parallel_tool_use": True}
 
 
@@ -320,8 +320,8 @@ async def test_tool_results_reach_an_openai_compatible_server_as_tool_messages()
         up.script([], "Sunny and 14:05.", None)
         await sdk.chat.completions.create(
             model="gpt-4o",
-            messages=ROUND_TRIP,  # type: ignore[arg-type]
-            tools=[WEATHER, TIME],  # type: ignore[list-item]
+            messages=ROUND_TRIP,
+            tools=[WEATHER, TIME],
             tool_choice={"type": "function", "function": {"name": "get_time"}},
         )
     fake = up.fake
@@ -356,15 +356,15 @@ async def test_a_non_streaming_completion_answers_with_its_tool_calls() -> None:
         up.script([PARIS, CLOCK], "", None)
         reply = await sdk.chat.completions.create(
             model="claude-sonnet-5-5",
-            messages=ASK,  # type: ignore[arg-type]
-            tools=[WEATHER, TIME],  # type: ignore[list-item]
+            messages=ASK,
+            tools=[WEATHER, TIME],
         )
     message = reply.choices[0].message
     assert reply.choices[0].finish_reason == "tool_calls"
     assert message.content is None
     assert [
         (c.id, c.function.name, json.loads(c.function.arguments)) for c in message.tool_calls or ()
-    ] == [  # type: ignore[union-attr]
+    ] == [
         ("call_paris", "get_weather", {"city": "Paris", "days": 2}),
         ("call_clock", "get_time", {"zone": "CET"}),
     ]
@@ -432,8 +432,8 @@ async def test_a_json_schema_reaches_claude_as_its_output_format() -> None:
         up.script([], '{"answer": "yes"}', None)
         reply = await sdk.chat.completions.create(
             model="claude-sonnet-5-5",
-            messages=ASK,  # type: ignore[arg-type]
-            response_format=JSON_SCHEMA_FORMAT,  # type: ignore[arg-type]
+            messages=ASK,
+            response_format=JSON_SCHEMA_FORMAT,
         )
     fake = up.fake
     assert json.loads(reply.choices[0].message.content or "") == {"answer": "yes"}
@@ -448,8 +448,8 @@ async def test_a_response_format_reaches_an_openai_compatible_server_as_sent() -
             up.script([], '{"answer": "yes"}', None)
             await sdk.chat.completions.create(
                 model="gpt-4o",
-                messages=ASK,  # type: ignore[arg-type]
-                response_format=response_format,  # type: ignore[arg-type]
+                messages=ASK,
+                response_format=response_format,
             )
             assert up.fake.requests[-1].body["response_format"] == response_format
 
@@ -475,8 +475,8 @@ async def test_structured_output_a_model_cannot_give_is_a_400_naming_the_model(
             with pytest.raises(openai.BadRequestError) as caught:
                 await sdk.chat.completions.create(
                     model=model,
-                    messages=ASK,  # type: ignore[arg-type]
-                    response_format=response_format,  # type: ignore[arg-type]
+                    messages=ASK,
+                    response_format=response_format,
                 )
         assert not fake.requests  # refused before anything is sent upstream
     assert caught.value.param == "response_format"
@@ -497,7 +497,7 @@ async def test_cache_reads_reported_by_claude_are_counted_in_every_usage(
             fake.enqueue(scenario)
             reply = await sdk.chat.completions.create(
                 model="claude-sonnet-5-5",
-                messages=ASK,  # type: ignore[arg-type]
+                messages=ASK,
             )
             fake.enqueue(scenario)
             seed = await stream_chat(client, url, {"messages": ASK})
@@ -520,7 +520,7 @@ async def test_cached_tokens_reported_by_an_openai_compatible_server_are_counted
             fake.enqueue(OpenAIScenario(deltas=["Hi"], prompt_tokens=500, cached_tokens=384))
             reply = await sdk.chat.completions.create(
                 model="gpt-4o",
-                messages=ASK,  # type: ignore[arg-type]
+                messages=ASK,
             )
     assert reply.usage is not None and reply.usage.prompt_tokens == 500
     assert reply.usage.prompt_tokens_details is not None

@@ -96,10 +96,33 @@ function textOf(content) {
   if (typeof content === "string") return content;
   if (Array.isArray(content)) {
     return content
+      .filter((block) => block.type !== "tool_use" && block.type !== "tool_result")
       .map((block) => (block.type === "text" ? block.text : `[${block.type}]`))
       .join("\n");
   }
   return "";
+}
+
+/** A tool call or result as a collapsed block: its name in the summary, its JSON inside. */
+function toolBlock(title, body) {
+  const details = el("details", "tool");
+  const pre = el("pre", "", body);
+  details.append(el("summary", "", title), pre);
+  return { details, pre };
+}
+
+function pretty(json) {
+  try {
+    return JSON.stringify(JSON.parse(json), null, 2);
+  } catch {
+    return json; // still streaming, or cut before it was whole
+  }
+}
+
+function toolResultText(block) {
+  const content = block.content;
+  const text = typeof content === "string" ? content : textOf(content || []);
+  return block.is_error ? `Error: ${text}` : text;
 }
 
 function nearBottom() {
@@ -121,9 +144,15 @@ function append(node) {
   autoscroll();
 }
 
-function addUser(text) {
+function addUser(text, blocks = []) {
   const article = el("article", "msg user");
-  article.append(el("div", "who", "You"), el("div", "body", text));
+  article.append(el("div", "who", "You"));
+  for (const block of blocks) {
+    if (block.type === "tool_result") {
+      article.append(toolBlock(`Tool result · ${block.tool_use_id}`, toolResultText(block)).details);
+    }
+  }
+  if (text) article.append(el("div", "body", text));
   append(article);
   return article;
 }
@@ -159,6 +188,14 @@ class ReplyView {
 
   setModel(model) {
     if (model) this.who.textContent = `Assistant · ${model}`;
+  }
+
+  /** A tool call the model makes, shown collapsed; `update` follows its arguments. */
+  toolCall(name, args) {
+    if (this.el.dataset.state === "waiting") this.el.dataset.state = "streaming";
+    const block = toolBlock(`Tool call · ${name}`, pretty(args));
+    this.el.insertBefore(block.details, this.notice);
+    return { update: (json) => (block.pre.textContent = pretty(json)) };
   }
 
   setText(text) {
@@ -227,7 +264,11 @@ class ReplyView {
 
 function addStoredReply(message) {
   const view = new ReplyView();
-  view.final(message.content || "");
+  const blocks = Array.isArray(message.content) ? message.content : [];
+  view.final(Array.isArray(message.content) ? textOf(blocks) : message.content || "");
+  for (const block of blocks) {
+    if (block.type === "tool_use") view.toolCall(block.name, JSON.stringify(block.input));
+  }
   view.setMeta({ usage: message.usage, reason: message.end_reason, model: message.model });
   if (message.error_code) {
     // The message the stream showed; replies stored before the server kept it have only a code.
@@ -348,6 +389,15 @@ function onStreamEvent(job, event) {
     case "start":
       view.setModel(event.data.model);
       break;
+    case "tool_call":
+      job.toolViews = job.toolViews || [];
+      job.toolViews[event.data.index] = view.toolCall(event.call.name, "");
+      break;
+    case "tool_call_delta":
+      if (job.toolViews && job.toolViews[event.data.index] && event.call) {
+        job.toolViews[event.data.index].update(event.call.arguments);
+      }
+      break;
     case "reconnecting":
       view.reconnecting(event.attempt);
       setStatus("Connection lost: reconnecting…");
@@ -424,7 +474,9 @@ async function openConversation(id) {
       const conversation = await api(`/conversations/${encodeURIComponent(id)}`);
       if (state.conversationId !== id) return;
       for (const message of conversation.messages) {
-        if (message.role === "user") addUser(textOf(message.content));
+        if (message.role === "user") {
+          addUser(textOf(message.content), Array.isArray(message.content) ? message.content : []);
+        }
         else addStoredReply(message);
       }
     } catch (error) {

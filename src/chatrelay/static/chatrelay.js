@@ -236,6 +236,7 @@ class ChatStream {
     this.result = {
       text: "",
       thinking: "",
+      toolCalls: [], // {id, name, arguments}: arguments is JSON text, whole once the reply ends
       streamId: null,
       conversationId: request.conversationId || request.conversation_id || null,
       model: null,
@@ -433,6 +434,13 @@ class ChatStream {
     } else if (event.type === "thinking") {
       result.thinking += data.thinking || "";
       this.emit({ type: "thinking", id, data });
+    } else if (event.type === "tool_call") {
+      result.toolCalls[data.index] = { id: data.id, name: data.name, arguments: "" };
+      this.emit({ type: "tool_call", id, data, call: result.toolCalls[data.index] });
+    } else if (event.type === "tool_call_delta") {
+      const call = result.toolCalls[data.index];
+      if (call) call.arguments += data.arguments || "";
+      this.emit({ type: "tool_call_delta", id, data, call });
     } else if (event.type === "end") {
       result.reason = data.reason || null;
       result.stopReason = data.stop_reason || null;
@@ -496,7 +504,8 @@ class ChatStream {
  * headers, fetch, maxRetries, retryDelayMs, maxRetryDelayMs, idleTimeoutMs, idempotencyKey.
  *
  * onEvent gets `{type, id, data}` for each frame: "open" (headers arrived: streamId,
- * conversationId), "start", "text", "thinking", "error", "end", "done", and "reconnecting"
+ * conversationId), "start", "text", "thinking", "tool_call" and "tool_call_delta" (with `call`, the call so
+ * far), "error", "end", "done", and "reconnecting"
  * ({attempt, delayMs, error}) / "resumed" around a dropped connection.
  *
  * Returns a promise of `{text, thinking, streamId, conversationId, model, reason, stopReason,
