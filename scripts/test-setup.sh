@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # What the test suite needs beside Python, set up on a Debian/Ubuntu machine (`make test` runs
 # this first): PostgreSQL and Redis running on 127.0.0.1, and Debian's nginx and Chromium
-# installed (the tests drive them; no browser is ever downloaded).
+# installed (the tests drive them; no browser is ever downloaded), and the npm clients the
+# tests run, from their lock file.
 #
 # Started when down: PostgreSQL (pg_ctlcluster) and Redis (redis-server --daemonize).
 # Installed with apt when missing, as root: nginx-light and chromium.
@@ -67,6 +68,22 @@ fi
 # Chromium: the chat page's end-to-end tests drive Debian's browser.
 if [ ! -x /usr/bin/chromium ]; then
     apt_install chromium || missing+=("Chromium at /usr/bin/chromium: apt-get install -y chromium")
+fi
+
+# Node and the npm clients the tests run (tests/js/vercel: the Vercel AI SDK), exactly as
+# their lock file says; installed again when the lock changes.
+if ! command -v node >/dev/null || ! command -v npm >/dev/null; then
+    apt_install nodejs npm || missing+=("Node.js and npm: apt-get install -y nodejs npm")
+fi
+vercel=tests/js/vercel
+stamp=$vercel/node_modules/.installed-from-lock  # the lock the packages came from
+if command -v npm >/dev/null && ! cmp -s "$vercel/package-lock.json" "$stamp" 2>/dev/null; then
+    say "installing $vercel's npm packages from its lock file"
+    if npm ci --prefix "$vercel" --no-audit --no-fund --loglevel=error >/dev/null; then
+        cp "$vercel/package-lock.json" "$stamp"
+    else
+        missing+=("$vercel's npm packages: npm ci --prefix $vercel")
+    fi
 fi
 
 if [ ${#missing[@]} -gt 0 ]; then
