@@ -336,6 +336,8 @@ async def test_usage_sums_tokens_by_model_and_by_day(
         "messages": 2,
         "input_tokens": 20,
         "output_tokens": 6,
+        "cache_read_tokens": 0,
+        "cache_write_tokens": 0,
         "estimated_messages": 0,
     }
     assert by_day["data"][0]["day"] == today

@@ -634,6 +634,8 @@ async def test_usage_by_model_and_by_day_within_bounds(store: Store, clock: Cloc
             "messages": messages,
             "input_tokens": i,
             "output_tokens": o,
+            "cache_read_tokens": 0,
+            "cache_write_tokens": 0,
             "estimated_messages": e,
         }
 

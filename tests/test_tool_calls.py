@@ -501,6 +501,9 @@ async def test_cache_reads_reported_by_claude_are_counted_in_every_usage(
             )
             fake.enqueue(scenario)
             seed = await stream_chat(client, url, {"messages": ASK})
+            conversation = seed.named("start")["conversation_id"]
+            stored = (await client.get(f"{url}/conversations/{conversation}")).json()
+            usage = (await client.get(f"{url}/usage")).json()
     # Anthropic counts cache reads apart from input_tokens; OpenAI's prompt_tokens include them.
     assert reply.usage is not None
     assert reply.usage.prompt_tokens == 910
@@ -511,6 +514,11 @@ async def test_cache_reads_reported_by_claude_are_counted_in_every_usage(
         "output_tokens": 3,
         "cache_read_tokens": 900,
     }
+    # Stored with the reply, and summed: counted once, as part of the input.
+    assert stored["messages"][-1]["usage"]["cache_read_tokens"] == 900
+    assert stored["messages"][-1]["usage"]["input_tokens"] == 910
+    assert usage["total"]["cache_read_tokens"] == 900
+    assert usage["total"]["input_tokens"] == 910
 
 
 async def test_cached_tokens_reported_by_an_openai_compatible_server_are_counted() -> None:

@@ -291,6 +291,8 @@ class ChatJob:
         """The upstream's counts, or an estimate (flagged) where it gave none."""
         reply.input_tokens = usage.input_tokens if usage else None
         reply.output_tokens = usage.output_tokens if usage else None
+        reply.cache_read_tokens = usage.cache_read_tokens if usage else None
+        reply.cache_write_tokens = usage.cache_write_tokens if usage else None
         reply.usage_estimated = bool(usage and usage.estimated)
         if reply.input_tokens is None:
             params = self.plan[0][1]  # its messages are the turn's upstream ones

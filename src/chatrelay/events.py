@@ -167,6 +167,8 @@ class Reply:
     error_message: str | None = None  # the error frame's message, safe to show a user
     input_tokens: int | None = None
     output_tokens: int | None = None
+    cache_read_tokens: int | None = None  # of input_tokens
+    cache_write_tokens: int | None = None  # of input_tokens
     usage_estimated: bool = False
     ttft_ms: int | None = None
     duration_ms: int | None = None

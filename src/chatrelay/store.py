@@ -510,6 +510,8 @@ class Store:
             "error_message": reply.error_message,
             "input_tokens": reply.input_tokens,
             "output_tokens": reply.output_tokens,
+            "cache_read_tokens": reply.cache_read_tokens,
+            "cache_write_tokens": reply.cache_write_tokens,
             "usage_estimated": reply.usage_estimated,
             "ttft_ms": reply.ttft_ms,
             "duration_ms": reply.duration_ms,
@@ -611,7 +613,8 @@ class Store:
         end: datetime | None,
         group_by: str,
     ) -> list[dict[str, Any]]:
-        """Summed tokens of assistant turns, by model or by day (UTC)."""
+        """Summed tokens of assistant turns, by model or by day (UTC); the cache counts are
+        parts of the input tokens."""
         if group_by == "model":
             key: Any = Message.model
         elif self.engine.dialect.name == "sqlite":
@@ -624,6 +627,8 @@ class Store:
                 func.count().label("messages"),
                 func.coalesce(func.sum(Message.input_tokens), 0).label("input_tokens"),
                 func.coalesce(func.sum(Message.output_tokens), 0).label("output_tokens"),
+                func.coalesce(func.sum(Message.cache_read_tokens), 0).label("cache_read"),
+                func.coalesce(func.sum(Message.cache_write_tokens), 0).label("cache_write"),
                 func.coalesce(func.sum(cast(Message.usage_estimated, Integer)), 0).label(
                     "estimated"
                 ),
@@ -647,6 +652,8 @@ class Store:
                 "messages": row.messages,
                 "input_tokens": int(row.input_tokens),
                 "output_tokens": int(row.output_tokens),
+                "cache_read_tokens": int(row.cache_read),
+                "cache_write_tokens": int(row.cache_write),
                 "estimated_messages": int(row.estimated),
             }
             for row in rows
@@ -761,6 +768,8 @@ _REPLY_FIELDS = (
     "error_message",
     "input_tokens",
     "output_tokens",
+    "cache_read_tokens",
+    "cache_write_tokens",
     "usage_estimated",
     "ttft_ms",
     "duration_ms",

@@ -58,11 +58,7 @@ def message_view(message: Message) -> dict[str, Any]:
             stop_reason=message.stop_reason,
             error_code=message.error_code,
             error_message=message.error_message,
-            usage={
-                "input_tokens": message.input_tokens,
-                "output_tokens": message.output_tokens,
-                "estimated": message.usage_estimated,
-            },
+            usage=_usage(message),
             ttft_ms=message.ttft_ms,
             duration_ms=message.duration_ms,
         )
@@ -156,6 +152,19 @@ def _bound(value: str | None, name: str, end: bool) -> datetime | None:
         ) from None
 
 
+def _usage(message: Message) -> dict[str, Any]:
+    """A reply's tokens; the prompt cache's part of the input only where it was reported."""
+    usage: dict[str, Any] = {
+        "input_tokens": message.input_tokens,
+        "output_tokens": message.output_tokens,
+        "estimated": message.usage_estimated,
+    }
+    for name in ("cache_read_tokens", "cache_write_tokens"):
+        if (value := getattr(message, name)) is not None:
+            usage[name] = value
+    return usage
+
+
 @router.get("/usage", summary="Tokens used, summed by model or by day")
 async def usage(
     request: Request,
@@ -168,6 +177,13 @@ async def usage(
     )
     total = {
         key: sum(row[key] for row in rows)
-        for key in ("messages", "input_tokens", "output_tokens", "estimated_messages")
+        for key in (
+            "messages",
+            "input_tokens",
+            "output_tokens",
+            "cache_read_tokens",
+            "cache_write_tokens",
+            "estimated_messages",
+        )
     }
     return {"group_by": group_by, "from": start, "to": end, "data": rows, "total": total}
