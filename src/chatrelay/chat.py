@@ -571,8 +571,10 @@ class ChatService:
 
     async def _observe(self, reply: Reply, job: ChatJob) -> None:
         assert self.metrics is not None
+        # Labelled by the models-file entry: an id a pattern served counts under the pattern.
+        entries = {target.spec.alias: target.spec.entry for target, _ in job.plan}
         self.metrics.reply(
-            reply.model or "unknown",
+            entries.get(reply.model, reply.model) if reply.model else "unknown",
             reply.end_reason,
             reply.error_code,
             job.deltas,

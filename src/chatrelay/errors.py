@@ -167,13 +167,16 @@ class OverLimit(RequestError):
 
 
 class UnknownModel(RequestError):
-    """The requested model is not one of the configured aliases."""
+    """The requested model is not one of the configured aliases, nor matched by a pattern."""
 
     code = "unknown_model"
     status = 400
 
-    def __init__(self, name: str, known: list[str]) -> None:
-        super().__init__(f"Unknown model {name!r}; known models: {', '.join(known)}")
+    def __init__(self, name: str, known: list[str], patterns: list[str] | None = None) -> None:
+        message = f"Unknown model {name!r}; known models: {', '.join(known)}"
+        if patterns:
+            message += f"; patterns: {', '.join(patterns)}"
+        super().__init__(message)
         self.problems = [FieldProblem("model", self.message)]
 
 

@@ -1,7 +1,8 @@
 """Prometheus metrics, in a registry of the app's own (several apps may live in one process).
 
-Labels are bounded: routes are path templates, models are configured aliases, codes and
-reasons come from fixed lists; no conversation, stream or user ids.
+Labels are bounded: routes are path templates, models are configured aliases (an id a
+pattern serves counts under the pattern), codes and reasons come from fixed lists; no
+conversation, stream or user ids.
 """
 
 from __future__ import annotations

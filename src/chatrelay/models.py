@@ -17,6 +17,16 @@ mock provider is always reachable as the alias `mock` (unless the file defines t
     model = "llama3.2"
     base_url = "http://127.0.0.1:11434/v1"
 
+An alias with `*`, `?` or `[` in it is a pattern (an `fnmatch` glob, case-sensitive) that
+serves every id it matches, sending the requested id upstream unless it names a `model`:
+
+    [models."claude-*"]
+    provider = "anthropic"
+    fallbacks = ["local"]
+
+An exact alias wins over the patterns; among patterns the first in the file that matches
+does. A pattern cannot be the default or a fallback.
+
 Keys are never written in the file: `api_key_env` names the environment variable that holds
 one. An alias whose key is missing is reported at startup and refused at request time; the
 other aliases keep serving.
@@ -27,7 +37,8 @@ from __future__ import annotations
 import re
 import tomllib
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
+from fnmatch import fnmatchcase
 from pathlib import Path
 from typing import Literal
 
@@ -42,11 +53,21 @@ DEFAULT_KEY_ENV = {"anthropic": "ANTHROPIC_API_KEY", "openai": "OPENAI_API_KEY"}
 # Local OpenAI-compatible servers (Ollama, vLLM, llama.cpp) need no key, but the SDK insists
 # on a non-empty one.
 PLACEHOLDER_KEY = "not-needed"
+PATTERN_CHARACTERS = frozenset("*?[")
+
+
+def is_pattern(name: str) -> bool:
+    """Whether a models-file name is a pattern (an fnmatch glob) rather than an exact alias."""
+    return not PATTERN_CHARACTERS.isdisjoint(name)
 
 
 @dataclass(frozen=True, slots=True)
 class ModelSpec:
-    """One alias: where it goes and what it accepts."""
+    """One alias: where it goes and what it accepts.
+
+    A pattern entry is kept with its pattern as `alias` and `model` empty unless the file
+    names one; the id it serves gets its own spec from `serving`, with `pattern` set.
+    """
 
     alias: str
     provider: ProviderKind
@@ -58,6 +79,17 @@ class ModelSpec:
     temperature: bool | None = None  # accepts sampling parameters; None: catalog.py says
     vision: bool | None = None  # accepts images; None: catalog.py says
     fallbacks: tuple[str, ...] = ()
+    pattern: str | None = None  # the pattern entry that serves this id; None: an exact alias
+
+    @property
+    def entry(self) -> str:
+        """The models-file entry that serves this spec: bounded, for metrics labels."""
+        return self.pattern or self.alias
+
+    def serving(self, requested: str) -> ModelSpec:
+        """The spec for an id this pattern entry matched: the id is the alias and, unless the
+        entry names a model, the upstream model too (so the catalog answers for it)."""
+        return replace(self, alias=requested, model=self.model or requested, pattern=self.alias)
 
     @property
     def accepts_sampling(self) -> bool:
@@ -80,7 +112,7 @@ class _FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     provider: ProviderKind
-    model: str = Field(min_length=1)
+    model: str | None = Field(None, min_length=1)  # required for an exact alias
     base_url: str | None = Field(None, pattern=r"^https?://")
     api_key_env: str | None = Field(None, pattern=r"^[A-Za-z_][A-Za-z0-9_]*$")
     max_tokens: int | None = Field(None, ge=1)
@@ -113,12 +145,32 @@ class _File(BaseModel):
 
 @dataclass(slots=True)
 class ModelsConfig:
-    """The aliases, the default one, and the aliases that cannot serve (with the reason)."""
+    """The aliases (patterns among them, in file order), the default one, and the aliases that
+    cannot serve (with the reason)."""
 
     specs: dict[str, ModelSpec]
     default: str
     keys: dict[str, str] = field(default_factory=dict)  # alias -> API key
     unavailable: dict[str, str] = field(default_factory=dict)  # alias -> why
+
+    @property
+    def exact(self) -> list[str]:
+        return [alias for alias in self.specs if not is_pattern(alias)]
+
+    @property
+    def patterns(self) -> list[str]:
+        return [alias for alias in self.specs if is_pattern(alias)]
+
+    def find(self, requested: str) -> ModelSpec | None:
+        """The entry that serves `requested`: its exact alias, else the first pattern in file
+        order that matches it (case-sensitive)."""
+        spec = self.specs.get(requested)
+        if spec is not None and not is_pattern(requested):
+            return spec
+        return next(
+            (self.specs[p] for p in self.patterns if fnmatchcase(requested, p)),
+            None,
+        )
 
 
 def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
@@ -145,11 +197,18 @@ def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
         line = _line_of(text, loc)
         at = f" line {line}" if line else ""
         raise ConfigError(f"{path}{at}: {where}: {error['msg']}") from None
+    problem = _pattern_problem(parsed)
+    if problem is not None:
+        loc, message = problem
+        line = _line_of(text, loc)
+        at = f" line {line}" if line else ""
+        where = ".".join(f'"{part}"' if is_pattern(part) else part for part in loc)
+        raise ConfigError(f"{path}{at}: {where}: {message}")
     specs = {
         alias: ModelSpec(
             alias=alias,
             provider=entry.provider,
-            model=entry.model,
+            model=entry.model or "",
             base_url=entry.base_url,
             api_key_env=entry.api_key_env,
             max_tokens=entry.max_tokens,
@@ -163,11 +222,32 @@ def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
     return specs, parsed.default
 
 
+def _pattern_problem(parsed: _File) -> tuple[list[str], str] | None:
+    """What is wrong with the file's use of patterns, and where: a pattern may leave out
+    `model` but not name a pattern there, and neither `default` nor a fallback is a pattern."""
+    if parsed.default is not None and is_pattern(parsed.default):
+        return ["default"], f"{parsed.default!r} is a pattern; the default must be an exact alias"
+    if all(is_pattern(alias) for alias in parsed.models):
+        return ["models"], "only patterns: the file needs an exact alias to be the default"
+    for alias, entry in parsed.models.items():
+        where = ["models", alias, "model"]
+        if entry.model is None and not is_pattern(alias):
+            return where, "required for an exact alias (only a pattern may leave it out)"
+        if entry.model is not None and is_pattern(alias) and is_pattern(entry.model):
+            why = "a pattern's model is one upstream id"
+            return where, f"{entry.model!r} contains *, ? or [: {why}"
+        for name in entry.fallbacks:
+            if is_pattern(name):
+                why = "fallbacks must be exact aliases"
+                return ["models", alias, "fallbacks"], f"{name!r} is a pattern; {why}"
+    return None
+
+
 def _line_of(text: str, loc: list[str]) -> int | None:
     """The line of `[models.<alias>]` or of a key inside it: where a person should look."""
     lines = text.splitlines()
     if len(loc) >= 2 and loc[0] == "models":
-        header = re.compile(rf"^\s*\[\s*models\.\"?{re.escape(loc[1])}\"?\s*\]")
+        header = re.compile(rf"^\s*\[\s*models\.[\"']?{re.escape(loc[1])}[\"']?\s*\]")
         start = next((i for i, line in enumerate(lines) if header.match(line)), None)
         if start is None:
             return None
@@ -214,7 +294,8 @@ def models_config(settings: Settings) -> ModelsConfig:
     """The aliases from the models file, or the single default alias the environment selects."""
     if settings.models_file is not None:
         specs, default = load_models_file(settings.models_file)
-        config = ModelsConfig(specs, default or next(iter(specs)))
+        exact = next(alias for alias in specs if not is_pattern(alias))  # the file has one
+        config = ModelsConfig(specs, default or exact)
         resolve_keys(config, settings.secrets(key_variables(config)))
     else:
         kind = settings.provider_name

@@ -123,8 +123,8 @@ class Relay:
                         code,
                         following,
                     )
-                    if self._metrics is not None:
-                        self._metrics.fallback(target.spec.alias, following)
+                    if self._metrics is not None:  # labelled by entry: patterns stay bounded
+                        self._metrics.fallback(target.spec.entry, plan[position + 1][0].spec.entry)
                     failed.append(target.spec.alias)
                     continue
                 yield Answering(target.spec, tuple(failed))
@@ -198,7 +198,7 @@ class Relay:
                 delay,
             )
             if self._metrics is not None:
-                self._metrics.retry(target.spec.alias, error.code)
+                self._metrics.retry(target.spec.entry, error.code)
             await self._sleep(delay)
             attempt += 1
 

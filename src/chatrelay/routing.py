@@ -1,4 +1,4 @@
-"""The router: model aliases -> live providers, with each alias's fallback chain."""
+"""The router: model aliases and patterns -> live providers, with each one's fallback chain."""
 
 from __future__ import annotations
 
@@ -6,7 +6,7 @@ import logging
 from dataclasses import dataclass
 
 from .errors import ModelUnavailable, UnknownModel
-from .models import ModelsConfig, ModelSpec
+from .models import ModelsConfig, ModelSpec, is_pattern
 from .providers import Provider, create_provider
 from .settings import Settings
 
@@ -26,7 +26,9 @@ class Router:
 
     def __init__(self, config: ModelsConfig, providers: dict[str, Provider]) -> None:
         self.config = config
-        self._providers = providers  # alias -> provider (shared between aliases where possible)
+        # alias or pattern -> provider (shared between entries where possible); an id a pattern
+        # serves uses the pattern's provider, so no client is made per id.
+        self._providers = providers
 
     @classmethod
     def build(cls, config: ModelsConfig, settings: Settings) -> Router:
@@ -68,14 +70,20 @@ class Router:
         return found
 
     def targets(self, requested: str | None) -> list[Target]:
-        """The requested alias (or the default) first, then its available fallbacks."""
+        """The requested alias (or the default) first, then its available fallbacks. An id no
+        alias names is served by the first pattern that matches it."""
         alias = requested or self.default
-        spec = self.config.specs.get(alias)
-        if spec is None:
-            raise UnknownModel(alias, self.aliases)
-        if alias in self.config.unavailable:
-            raise ModelUnavailable(alias, self.config.unavailable[alias])
-        chain = [Target(spec, self._providers[alias])]
+        entry = self.config.find(alias)
+        if entry is None:
+            raise UnknownModel(alias, self.config.exact, self.config.patterns)
+        served = is_pattern(entry.alias)
+        why = self.config.unavailable.get(entry.alias)
+        if why is not None:
+            if served:
+                why = f"{why} (it is served by the pattern {entry.alias!r})"
+            raise ModelUnavailable(alias, why)
+        spec = entry.serving(alias) if served else entry
+        chain = [Target(spec, self._providers[entry.alias])]
         for name in spec.fallbacks:
             if name in self._providers:
                 chain.append(Target(self.config.specs[name], self._providers[name]))

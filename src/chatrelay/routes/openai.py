@@ -11,6 +11,7 @@ from .. import surfaces
 from ..bodies import read_body
 from ..chat import complete
 from ..errors import FieldProblem, InvalidField
+from ..models import is_pattern
 from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest
@@ -89,22 +90,22 @@ async def _answer(
     )
 
 
-@router.get("/models", summary="The model aliases this server serves")
+@router.get("/models", summary="The model aliases and patterns this server serves")
 async def list_models(request: Request) -> dict[str, Any]:
     models = services(request).chat.router
     config = models.config
-    return {
-        "object": "list",
-        "data": [
-            {
-                "id": alias,
-                "object": "model",
-                "created": 0,
-                "owned_by": spec.provider,
-                "default": alias == config.default,
-                "fallbacks": list(spec.fallbacks),
-                "available": alias not in config.unavailable,
-            }
-            for alias, spec in config.specs.items()
-        ],
-    }
+    data: list[dict[str, Any]] = []
+    for alias, spec in config.specs.items():
+        entry: dict[str, Any] = {
+            "id": alias,
+            "object": "model",
+            "created": 0,
+            "owned_by": spec.provider,
+            "default": alias == config.default,
+            "fallbacks": list(spec.fallbacks),
+            "available": alias not in config.unavailable,
+        }
+        if is_pattern(alias):
+            entry["pattern"] = True  # any id it matches is served (exact aliases first)
+        data.append(entry)
+    return {"object": "list", "data": data}
