@@ -82,7 +82,8 @@ def test_every_row_says_when_it_was_noted_where_it_comes_from_and_answers_someth
     for row in catalog.ROWS:
         assert row.source.strip(), row
         assert date(2026, 1, 1) <= row.noted <= date.today(), row
-        assert (row.sampling, row.images, row.structured, row.retires_on) != (None,) * 4, row
+        answers = (row.sampling, row.images, row.structured, row.cache_min, row.retires_on)
+        assert answers != (None,) * 5, row
 
 
 @pytest.mark.parametrize(

@@ -32,6 +32,10 @@ _STRUCTURED = (
     "https://platform.claude.com/docs/en/build-with-claude/structured-outputs: Claude Opus 4.1,"
     " Sonnet 4.5, Haiku 4.5 and later take `output_config.format`"
 )
+_CACHING = (
+    "https://platform.claude.com/docs/en/build-with-claude/prompt-caching: minimum cacheable"
+    " prompt length per model"
+)
 _OPENAI_STRUCTURED = "OpenAI-compatible servers take `response_format` (json_schema, json_object)"
 _OPENAI_IMAGES = "chatrelay policy: OpenAI-compatible servers vary; an alias opts in (vision)"
 
@@ -45,6 +49,7 @@ class Row:
     sampling: bool | None = None  # accepts temperature, top_p and top_k
     images: bool | None = None  # accepts image content blocks
     structured: bool | None = None  # accepts a JSON schema for its output (natively)
+    cache_min: int | None = None  # the shortest prompt (tokens) its cache keeps
     retires_on: date | None = None  # end of life: deprecated before it, retired from it
 
 
@@ -78,6 +83,12 @@ ROWS: tuple[Row, ...] = (
     Row("anthropic", "claude-sonnet-4-0*", NOTED, _STRUCTURED, structured=False),
     Row("anthropic", "claude-sonnet-4-2025*", NOTED, _STRUCTURED, structured=False),
     Row("anthropic", "claude-*", NOTED, _STRUCTURED, structured=True),
+    # Prompt caching: the shortest prompt each model's cache keeps.
+    Row("anthropic", "claude-opus-4-5*", NOTED, _CACHING, cache_min=4096),
+    Row("anthropic", "claude-haiku-4-5*", NOTED, _CACHING, cache_min=4096),
+    Row("anthropic", "claude-3-haiku*", NOTED, _CACHING, cache_min=2048),
+    Row("anthropic", "claude-3-5-haiku*", NOTED, _CACHING, cache_min=2048),
+    Row("anthropic", "claude-*", NOTED, _CACHING, cache_min=1024),
     # OpenAI's reasoning models (also under OpenRouter's `openai/` prefix).
     Row("openai", "o[0-9]*", NOTED, _REASONING, sampling=False),
     Row("openai", "gpt-5*", NOTED, _REASONING, sampling=False),
@@ -113,6 +124,13 @@ def accepts_images(provider: Provider, model: str) -> bool:
 def accepts_output_schema(provider: Provider, model: str) -> bool:
     row = _answer(provider, model, "structured")
     return bool(row and row.structured)
+
+
+def cache_min_tokens(model: str) -> int:
+    """The shortest prompt (in tokens) a Claude model's prompt cache keeps; 1024 when unknown
+    (a shorter prefix is not cached, which costs nothing)."""
+    row = _answer("anthropic", model, "cache_min")
+    return row.cache_min if row and row.cache_min else 1024
 
 
 def retires_on(provider: Provider, model: str) -> date | None:

@@ -551,7 +551,10 @@ class ChatService:
                     budget=_history_room(principal.limits, params),
                 )
                 job.turn, job.conversations = turn, conversations
-                job.plan = [(t, dataclasses.replace(p, messages=turn.messages)) for t, p in plan]
+                job.plan = [
+                    (t, dataclasses.replace(p, messages=turn.messages, continues=True))
+                    for t, p in plan
+                ]
                 job.finishers.append(lambda reply: conversations.end(turn, reply))
             else:
                 await admit(params.messages)
@@ -617,7 +620,7 @@ class ChatService:
             model=spec.model,
             messages=[m.model_dump(mode="json", exclude_none=True) for m in request.messages],
             max_tokens=request.max_tokens or spec.max_tokens or DEFAULT_MAX_TOKENS,
-            system=request.system_text(),
+            system=request.system_param(),
             temperature=temperature if sampling else None,
             top_p=request.top_p if sampling else None,
             top_k=request.top_k if sampling else None,
@@ -633,6 +636,7 @@ class ChatService:
             output_format=request.output_format.model_dump(by_alias=True, exclude_none=True)
             if request.output_format
             else None,
+            prompt_cache=spec.cache_ttl if spec.cache == "auto" else None,
         )
 
     def _warnings(self, request: ChatRequest, spec: ModelSpec) -> list[str]:

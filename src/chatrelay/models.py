@@ -78,6 +78,9 @@ class ModelSpec:
     max_tokens_cap: int | None = None  # the most a request may ask of this model
     temperature: bool | None = None  # accepts sampling parameters; None: catalog.py says
     vision: bool | None = None  # accepts images; None: catalog.py says
+    # Prompt caching (Anthropic): breakpoints placed automatically, or none; and their TTL.
+    cache: Literal["auto", "off"] = "auto"
+    cache_ttl: Literal["5m", "1h"] = "5m"
     fallbacks: tuple[str, ...] = ()
     pattern: str | None = None  # the pattern entry that serves this id; None: an exact alias
 
@@ -119,6 +122,8 @@ class _FileModel(BaseModel):
     max_tokens_cap: int | None = Field(None, ge=1)
     temperature: bool | None = None
     vision: bool | None = None
+    cache: Literal["auto", "off"] = "auto"
+    cache_ttl: Literal["5m", "1h"] = "5m"
     fallbacks: list[str] = Field(default_factory=list)
 
 
@@ -215,6 +220,8 @@ def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
             max_tokens_cap=entry.max_tokens_cap,
             temperature=entry.temperature,
             vision=entry.vision,
+            cache=entry.cache,
+            cache_ttl=entry.cache_ttl,
             fallbacks=tuple(entry.fallbacks),
         )
         for alias, entry in parsed.models.items()

@@ -27,6 +27,16 @@ from .validation import problems_from as problems_from
 ModelT = TypeVar("ModelT", bound=BaseModel)
 
 
+class CacheControl(BaseModel):
+    """A prompt cache breakpoint, as the Messages API takes it: the prompt up to and including
+    this block is cached (kept as the client placed it, never moved)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    type: Literal["ephemeral"]
+    ttl: Literal["5m", "1h"] | None = None
+
+
 class TextBlock(BaseModel):
     """A content block of type `text`."""
 
@@ -34,6 +44,7 @@ class TextBlock(BaseModel):
 
     type: Literal["text"]
     text: str = Field(min_length=1)
+    cache_control: CacheControl | None = None
 
 
 class ImageSource(BaseModel):
@@ -52,6 +63,7 @@ class ImageBlock(BaseModel):
 
     type: Literal["image"]
     source: ImageSource
+    cache_control: CacheControl | None = None
 
     @field_validator("source")
     @classmethod
@@ -96,6 +108,7 @@ class ToolUseBlock(BaseModel):
     id: str = Field(min_length=1, max_length=200)
     name: str = Field(min_length=1, max_length=200)
     input: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
 ResultBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
@@ -110,6 +123,7 @@ class ToolResultBlock(BaseModel):
     tool_use_id: str = Field(min_length=1, max_length=200)
     content: str | list[ResultBlock] = ""
     is_error: bool | None = None
+    cache_control: CacheControl | None = None
 
     def text(self) -> str:
         if isinstance(self.content, str):
@@ -229,6 +243,7 @@ class Tool(BaseModel):
     name: str = Field(min_length=1, max_length=128)
     description: str | None = None
     input_schema: dict[str, Any]
+    cache_control: CacheControl | None = None
 
 
 class ToolChoice(BaseModel):
@@ -309,6 +324,13 @@ class ChatRequest(BaseModel):
         if not any(message.role == "user" for message in messages):
             raise ValueError(NO_USER_MESSAGE)
         return messages
+
+    def system_param(self) -> str | list[dict[str, Any]] | None:
+        """The system prompt for the upstream: its text, or its blocks where the client put a
+        cache breakpoint on one (kept where it was placed)."""
+        if isinstance(self.system, list) and any(b.cache_control for b in self.system):
+            return [block.model_dump(exclude_none=True) for block in self.system]
+        return self.system_text()
 
     def system_text(self) -> str | None:
         if self.system is None or isinstance(self.system, str):

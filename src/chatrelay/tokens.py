@@ -39,9 +39,11 @@ def content_tokens(content: Any) -> int:
     return chars_to_tokens(chars) + images * IMAGE_TOKENS
 
 
-def input_tokens(system: str | None, messages: Iterable[Mapping[str, Any]]) -> int:
+def input_tokens(
+    system: str | list[dict[str, Any]] | None, messages: Iterable[Mapping[str, Any]]
+) -> int:
     """A whole upstream request's input: its system prompt and every message."""
-    chars, images = len(system or ""), 0
+    chars, images = _sizes(system or "")
     for message in messages:
         more_chars, more_images = _sizes(message["content"])
         chars += more_chars

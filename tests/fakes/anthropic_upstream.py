@@ -46,6 +46,8 @@ from dataclasses import dataclass, field
 from http import HTTPStatus
 from typing import Any
 
+from tests.fakes.prompt_cache import PromptCache
+
 __all__ = [
     "FakeAnthropic",
     "RecordedRequest",
@@ -291,7 +293,9 @@ def _thinking_block(pieces: list[str]) -> bytes:
     return b"".join(frames)
 
 
-def _start_usage(sc: Scenario) -> dict[str, int]:
+def _start_usage(sc: Scenario, cache: PromptCache | None, body: dict[str, Any]) -> dict[str, int]:
+    if cache is not None:  # counted as the cache saw this request
+        return {**cache.usage(body), "output_tokens": 1}
     usage = {"input_tokens": sc.input_tokens, "output_tokens": 1}
     if sc.cache_read_input_tokens is not None:
         usage["cache_read_input_tokens"] = sc.cache_read_input_tokens
@@ -456,7 +460,7 @@ class _Conn(asyncio.Protocol):
                         "content": [],
                         "stop_reason": None,
                         "stop_sequence": None,
-                        "usage": _start_usage(sc),
+                        "usage": _start_usage(sc, self._fake.cache, rec.body),
                     },
                 },
             )
@@ -693,6 +697,8 @@ class FakeAnthropic:
         self.connections_opened = 0  # total TCP connections accepted
         self.requests_received = 0  # total requests, even those trimmed by keep_requests
         self._keep = keep_requests
+        # Set, requests are counted by a prompt cache that follows their cache_control.
+        self.cache: PromptCache | None = None
 
     # -- lifecycle ----------------------------------------------------------------------------
     async def start(self) -> None:

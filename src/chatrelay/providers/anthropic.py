@@ -53,6 +53,7 @@ from ..events import (
     ToolCallStart,
     Usage,
 )
+from . import prompt_cache
 from .base import ChatParams
 from .sdk import (
     ClientOptions,
@@ -224,6 +225,13 @@ class AnthropicProvider:
         if params.output_format is not None:
             schema = params.output_format["schema"]
             request["output_config"] = {"format": {"type": "json_schema", "schema": schema}}
+        if params.prompt_cache is not None:
+            request = prompt_cache.add_breakpoints(
+                request,
+                min_tokens=catalog.cache_min_tokens(params.model),
+                ttl=params.prompt_cache,
+                continues=params.continues,
+            )
         for name, value in (
             ("temperature", params.temperature),
             ("top_p", params.top_p),

@@ -20,7 +20,8 @@ class ChatParams:
     model: str
     messages: list[dict[str, Any]]
     max_tokens: int
-    system: str | None = None
+    # Text, or Messages API text blocks (when the client placed cache breakpoints in it).
+    system: str | list[dict[str, Any]] | None = None
     temperature: float | None = None
     top_p: float | None = None
     top_k: int | None = None
@@ -32,6 +33,10 @@ class ChatParams:
     tools: list[dict[str, Any]] | None = None
     tool_choice: dict[str, Any] | None = None
     output_format: dict[str, Any] | None = None
+    # Automatic prompt caching where the provider has it: the breakpoints' TTL ("5m", "1h"),
+    # None for off; `continues`: the prompt has a next turn (a stored conversation).
+    prompt_cache: str | None = None
+    continues: bool = False
 
 
 class Provider(Protocol):

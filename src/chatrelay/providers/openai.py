@@ -78,7 +78,10 @@ def openai_messages(params: ChatParams) -> list[dict[str, Any]]:
     blocks become `tool` messages, before whatever else the turn says."""
     messages: list[dict[str, Any]] = []
     if params.system:
-        messages.append({"role": "system", "content": params.system})
+        system = params.system
+        if not isinstance(system, str):  # OpenAI-compatible servers cache by themselves
+            system = "".join(block["text"] for block in system)
+        messages.append({"role": "system", "content": system})
     for message in params.messages:
         content = message["content"]
         if isinstance(content, str):
