@@ -442,3 +442,90 @@ async def test_an_openai_compatible_models_tool_calls_through_the_anthropic_sdk(
     assert tool.type == "tool_use"
     assert (tool.id, tool.name, tool.input) == ("call_1", "get_weather", {"city": "Rome"})
     assert sent["tools"][0]["function"]["name"] == "get_weather"
+
+
+# --- the encoder alone ------------------------------------------------------------------------
+
+
+def encoded(events: list[Any]) -> list[tuple[int, str, dict[str, Any]]]:
+    """(id, event, data) of every frame the encoder makes of `events`, numbered 1, 2, ..."""
+    from chatrelay.events import StreamMeta
+    from chatrelay.surfaces.anthropic import MessagesEncoder
+
+    encoder = MessagesEncoder(StreamMeta("s1", "anthropic", 0, "mock"))
+    out = []
+    for seq, event in enumerate(events, start=1):
+        for frame in encoder.encode(seq, event).split(b"\n\n")[:-1]:
+            name, number, data = frame.decode().split("\n")
+            assert name.startswith("event: ") and number.startswith("id: ")
+            payload = json.loads(data.removeprefix("data: "))
+            assert payload["type"] == name.removeprefix("event: ")
+            out.append((int(number.removeprefix("id: ")), payload["type"], payload))
+    return out
+
+
+def test_blocks_are_numbered_as_they_open_and_the_last_events_frames_on_from_it() -> None:
+    from chatrelay.events import (
+        Answering,
+        End,
+        TextDelta,
+        ThinkingDelta,
+        ToolCallDelta,
+        ToolCallStart,
+        Usage,
+    )
+    from chatrelay.models import ModelSpec
+
+    frames = encoded(
+        [
+            Answering(ModelSpec("fast", "mock", "mock")),
+            ThinkingDelta("hmm"),
+            TextDelta("Let me "),
+            TextDelta("look."),
+            ToolCallStart(0, "toolu_1", "get_weather"),
+            ToolCallDelta(0, '{"city":'),
+            ToolCallDelta(0, '"Oslo"}'),
+            TextDelta("Done."),
+            End("end_turn", Usage(110, 9, cache_read_tokens=100)),
+        ]
+    )
+    starts = [
+        (d["index"], d["content_block"]["type"]) for _, t, d in frames if t == "content_block_start"
+    ]
+    assert starts == [(0, "thinking"), (1, "text"), (2, "tool_use"), (3, "text")]
+    stops = [d["index"] for _, t, d in frames if t == "content_block_stop"]
+    assert stops == [0, 1, 2, 3]
+    assert frames[0][2]["message"]["model"] == "fast"
+    assert frames[0][2]["message"]["id"] == "msg_s1"
+    # The End (event 9) closes the text block, then message_delta and message_stop: 9, 10, 11.
+    assert [(n, t) for n, t, _ in frames[-3:]] == [
+        (9, "content_block_stop"),
+        (10, "message_delta"),
+        (11, "message_stop"),
+    ]
+    usage = frames[-2][2]["usage"]
+    assert usage == {
+        "input_tokens": 10,
+        "output_tokens": 9,
+        "cache_creation_input_tokens": 0,
+        "cache_read_input_tokens": 100,
+    }
+    assert [n for n, _, _ in frames] == sorted(n for n, _, _ in frames)
+
+
+def test_a_stop_ends_the_reply_and_a_restart_is_an_overloaded_error_event() -> None:
+    from chatrelay.events import Cut, TextDelta
+
+    stopped = encoded([TextDelta("a"), Cut("stopped")])
+    assert [t for _, t, _ in stopped] == [
+        "message_start",
+        "content_block_start",
+        "content_block_delta",
+        "content_block_stop",
+        "message_delta",
+        "message_stop",
+    ]
+    assert stopped[-2][2]["delta"]["stop_reason"] == "end_turn"
+    restarted = encoded([TextDelta("a"), Cut("server_restarting")])
+    assert restarted[-1][1] == "error"
+    assert restarted[-1][2]["error"]["type"] == "overloaded_error"
