@@ -226,7 +226,11 @@ async def test_keys_are_taken_as_x_api_key_or_bearer(tmp_path: Path) -> None:
         ) as wrong:
             with pytest.raises(anthropic.AuthenticationError) as caught:
                 await wrong.messages.create(model="mock", max_tokens=50, messages=HI)
+        async with httpx.AsyncClient() as http:
+            bare = await http.post(f"{url}/v1/messages", json={"model": "mock"})
     assert caught.value.body["error"]["type"] == "authentication_error"  # type: ignore[index]
+    assert bare.status_code == 401
+    assert "x-api-key" in bare.json()["error"]["message"]
 
 
 async def test_count_tokens_of_a_model_without_a_counter_is_an_estimate_flagged(

@@ -128,6 +128,8 @@ class Authenticator:
         if "anonymous" in self.modes:
             address = self.client_address(scope)
             return Principal(f"anon:{address}", "anonymous", limits=self._limits["anonymous"])
+        if is_anthropic_path(scope["path"]):
+            raise Unauthorized("Send your API key as `x-api-key` or `Authorization: Bearer <key>`")
         raise Unauthorized("Send your API key or token as `Authorization: Bearer <token>`")
 
     async def _api_key(self, token: str) -> Principal:
