@@ -193,6 +193,7 @@ async def test_unsupported_fields_are_refused_by_name(tmp_path: Path) -> None:
             ({"output_config": {"effort": "low"}}, "output_config.effort"),
             ({"tools": [{"type": "web_search_20250305", "name": "web_search"}]}, "tools[0]"),
             ({"cache_control": {"type": "ephemeral"}}, "cache_control"),
+            ({"prefill": "The answer is"}, "prefill"),
         ):
             answer = await http.post(f"{url}/v1/messages", json={**base, **extra})
             assert answer.status_code == 400, answer.text

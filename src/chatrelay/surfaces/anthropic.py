@@ -59,9 +59,10 @@ NAME = "anthropic"
 
 class AnthropicCountTokensRequest(BaseModel):
     """The body of `POST /v1/messages/count_tokens`: what a message request has but its
-    generation parameters; the rest is refused by name."""
+    generation parameters; the rest is refused by name, as Anthropic's API refuses fields it
+    does not know (so nothing a client asked for is silently dropped)."""
 
-    model_config = ConfigDict(extra="ignore")
+    model_config = ConfigDict(extra="allow")
 
     model: str = Field(min_length=1)
     messages: list[dict[str, Any]] = Field(min_length=1)
@@ -91,6 +92,9 @@ class AnthropicCountTokensRequest(BaseModel):
         for name, bad in refused.items():
             if bad:
                 raise Unsupported(name, "is not supported by this server")
+        if self.model_extra:
+            name = sorted(self.model_extra)[0]
+            raise Unsupported(name, "is not a field this server knows (Messages API)")
         extra = set(self.output_config or {}) - {"format"}
         if extra:
             name = sorted(extra)[0]
