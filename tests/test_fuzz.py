@@ -14,7 +14,8 @@ Three layers, against one live uvicorn serving the mock provider on a temp SQLit
 
 Every response must be below 500, every 4xx must be JSON in the project's error shape
 (`{"error": {"code", "message", ...}}`, or OpenAI's `{"error": {"message", "type", "param",
-"code"}}` under `/v1/`), and no body may carry a Python stack trace. Generation is
+"code"}}` under `/v1/`, Anthropic's `{"type": "error", "error": {"type", "message"}}` under
+`/v1/messages`), and no body may carry a Python stack trace. Generation is
 derandomized with a fixed seed and bounded, so CI sees the same inputs every run.
 """
 
@@ -61,6 +62,7 @@ BODY_ROUTES = [
 TRACE_MARKERS = ("Traceback", 'File "')
 OUR_ERROR_KEYS = {"code", "message", "fields", "request_id", "partial_content"}
 OPENAI_ERROR_KEYS = {"message", "type", "param", "code"}
+ANTHROPIC_ERROR_KEYS = {"type", "message"}
 
 
 # --- what every response must look like --------------------------------------------------------
@@ -89,6 +91,14 @@ def problem_with(
     error = data.get("error") if isinstance(data, dict) else None
     if not isinstance(error, dict):
         return f"{where} body has no `error` object: {text[:300]!r}"
+    if path == "/v1/messages" or path.startswith("/v1/messages/"):
+        ok = (
+            data.get("type") == "error"
+            and set(data) <= {"type", "error", "request_id"}
+            and set(error) == ANTHROPIC_ERROR_KEYS
+            and all(isinstance(v, str) for v in error.values())
+        )
+        return None if ok else f"{where} is not Anthropic's error shape: {text[:300]!r}"
     if path.startswith("/v1/"):
         ok = (
             set(error) == OPENAI_ERROR_KEYS

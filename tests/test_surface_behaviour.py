@@ -15,9 +15,10 @@ is one test, parametrized over the rows, and asserts only what crosses the HTTP 
 - counted: `chatrelay_active_streams` is 1 while the stream runs and 0 after it.
 
 The contract this holds every surface to, whatever its wire format: every frame carries an
-SSE `id:` line (OpenAI's and Anthropic's SDKs ignore it), and a stream is resumed in the
-format of the surface that started it. A new surface (the Anthropic Messages API, the
-Responses API) is one more `Surface` row: its path, its request body and its frame reader.
+SSE `id:` line (OpenAI's and Anthropic's SDKs ignore it; Anthropic's frames of one event
+share its id), and a stream is resumed in the format of the surface that started it. A new
+surface (the Responses API) is one more `Surface` row: its path, its request body and its
+frame reader.
 
 Everything runs against the mock provider (`metadata.mock`), in-process on a real uvicorn
 (`conftest.serve`) except the drain, which needs a process to send SIGTERM to.
@@ -125,6 +126,27 @@ def read_openai(frame: Frame) -> list[Seen]:
     raise AssertionError(f"not a chat.completion.chunk frame of /v1/chat/completions: {frame}")
 
 
+def read_anthropic(frame: Frame) -> list[Seen]:
+    """`/v1/messages`: Anthropic's named events, each `event:` equal to its data's `type`;
+    a reply ends with `message_delta` (its stop reason) and `message_stop`, or with
+    `event: error`, which is its end (the SDK raises it; nothing follows)."""
+    payload = frame.json() if frame.event is not None else None
+    if not isinstance(payload, dict) or payload.get("type") != frame.event:
+        raise AssertionError(f"not an event of /v1/messages: {frame}")
+    if frame.event == "content_block_delta":
+        delta = payload["delta"]
+        return [(TEXT, delta["text"])] if delta["type"] == "text_delta" else []
+    if frame.event == "message_delta":
+        return [(FINISH, payload["delta"]["stop_reason"])]
+    if frame.event == "message_stop":
+        return [(END, "")]
+    if frame.event == "error":
+        return [(ERROR, payload["error"]["type"]), (END, "")]
+    if frame.event in ("message_start", "content_block_start", "content_block_stop", "ping"):
+        return []
+    raise AssertionError(f"not an event of /v1/messages: {frame}")
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -139,6 +161,10 @@ class Surface:
     # The finish reason the surface shows for each outcome ("completed", "stopped", "error"),
     # or None if it shows none (then its error frame says it all).
     finish: Mapping[str, str | None]
+    # How the surface says each of chatrelay's error codes, where its own vocabulary differs.
+    codes: Mapping[str, str] = field(default_factory=dict)
+    # Several frames of one event share its id (a block's stop and the next one's start).
+    shared_ids: bool = False
 
 
 SURFACES = [
@@ -161,6 +187,22 @@ SURFACES = [
         read=read_openai,
         # A stopped reply ends as OpenAI's own streams end when cut short on purpose.
         finish={"completed": "stop", "stopped": "stop", "error": None},
+    ),
+    Surface(
+        name="anthropic",
+        path="/v1/messages",
+        body=lambda messages, mock: {
+            "model": "mock",
+            "max_tokens": 4096,
+            "messages": messages,
+            "stream": True,
+            "metadata": {"mock": mock},
+        },
+        read=read_anthropic,
+        finish={"completed": "end_turn", "stopped": "end_turn", "error": None},
+        # Anthropic's error types: both mean "come back in a moment".
+        codes={"overloaded": "overloaded_error", "server_restarting": "overloaded_error"},
+        shared_ids=True,
     ),
 ]
 
@@ -205,6 +247,7 @@ class Reading:
         """It ends as the surface ends `outcome`: an error frame with `code` (if given)
         after the last text, the surface's finish reason, then the end marker, once, last."""
         name = self.surface.name
+        code = self.surface.codes.get(code, code) if code is not None else None
         ends = [i for i, seen in enumerate(self.seen) if (END, "") in seen]
         assert ends == [len(self.frames) - 1], (
             f"{name}: the end marker must be the last frame, once; the last frames were"
@@ -330,9 +373,20 @@ async def test_resumed_after_a_dropped_connection(
     ids = [f.id for f in before.frames + after.frames]
     assert None not in ids, f"{surface.name}: resumed frames without an `id:` line"
     numbers = [int(i) for i in ids if i is not None]
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
-        f"{surface.name}: ids across the drop must run on with no gap and no duplicate: {ids}"
-    )
+    if surface.shared_ids:
+        # The frames of one event share its id, so the resume must start after it.
+        distinct = sorted(set(numbers))
+        assert numbers == sorted(numbers), f"{surface.name}: ids out of order: {ids}"
+        assert distinct == list(range(distinct[0], distinct[0] + len(distinct))), (
+            f"{surface.name}: ids across the drop must run on with no gap: {ids}"
+        )
+        assert int(after.frames[0].id or 0) > int(last_id), (
+            f"{surface.name}: the resume repeated frame {last_id}: {ids}"
+        )
+    else:
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
+            f"{surface.name}: ids across the drop must run on with no gap and no duplicate: {ids}"
+        )
     assert before.text + after.text == reply_of(words)
     after.assert_ends("completed")
 

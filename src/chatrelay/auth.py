@@ -22,6 +22,7 @@ from typing import TYPE_CHECKING, Any
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from .context import request_id
+from .error_bodies import is_anthropic_path
 from .errors import ConfigError, Forbidden, Unauthorized, UnsupportedMediaType
 from .jwks import JwksKeys, UnknownSigningKey
 from .keys import ApiKeys
@@ -115,6 +116,9 @@ class Authenticator:
         if self.open:
             return self.public
         token = _bearer(scope)
+        if token is None and is_anthropic_path(scope["path"]):
+            # Anthropic's clients send the key as `x-api-key` (older SDKs, curl examples).
+            token = (_header(scope, b"x-api-key") or "").strip() or None
         if token is not None:
             if "api_key" in self.modes and token.startswith("crk_"):
                 return await self._api_key(token)
@@ -124,6 +128,8 @@ class Authenticator:
         if "anonymous" in self.modes:
             address = self.client_address(scope)
             return Principal(f"anon:{address}", "anonymous", limits=self._limits["anonymous"])
+        if is_anthropic_path(scope["path"]):
+            raise Unauthorized("Send your API key as `x-api-key` or `Authorization: Bearer <key>`")
         raise Unauthorized("Send your API key or token as `Authorization: Bearer <token>`")
 
     async def _api_key(self, token: str) -> Principal:

@@ -19,6 +19,8 @@ from contextlib import aclosing
 from dataclasses import dataclass, field
 from typing import Any
 
+import orjson
+
 from .context import request_id
 from .conversations import Conversations, Turn
 from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
@@ -571,6 +573,21 @@ class ChatService:
                 )
             )
         return job
+
+    async def count_tokens(self, request: ChatRequest) -> tuple[int, bool]:
+        """The request's input tokens, and whether they are chatrelay's estimate: counted by
+        the upstream where its provider can (Anthropic's count_tokens), estimated otherwise
+        (`tokens.py`, tool definitions included). Nothing is stored, reserved or generated."""
+        target = self.router.targets(request.model)[0]
+        params = target.provider.adapt(self._params(request, target.spec))
+        target.provider.check(params)
+        counted = await target.provider.count_tokens(params)
+        if counted is not None:
+            return counted, False
+        estimate = input_tokens(params.system, params.messages)
+        if params.tools:
+            estimate += chars_to_tokens(len(orjson.dumps(params.tools)))
+        return estimate, True
 
     async def _observe(self, reply: Reply, job: ChatJob) -> None:
         assert self.metrics is not None

@@ -10,6 +10,9 @@ streams use the same functions.
   seed's stream error frame (`seed_frame_payload`).
 - OpenAI's shape, under `/v1/`, which its SDKs parse both as an HTTP body and as an error
   chunk in a stream: `{"error": {message, type, param, code}}` (`openai_body`).
+- Anthropic's shape, under `/v1/messages`, as an HTTP body and as a stream's `event: error`:
+  `{"type": "error", "error": {type, message}}` (`anthropic_body`), with the status its SDK
+  maps to its exception classes (`anthropic_status`: 400 for a field error, 529 overloaded).
 """
 
 from __future__ import annotations
@@ -33,7 +36,12 @@ OPENAI_TYPES = {
 
 def is_openai_path(path: str) -> bool:
     """Whether `path` belongs to the OpenAI-compatible surface."""
-    return path.startswith("/v1/")
+    return path.startswith("/v1/") and not is_anthropic_path(path)
+
+
+def is_anthropic_path(path: str) -> bool:
+    """Whether `path` belongs to the Anthropic Messages API surface."""
+    return path == "/v1/messages" or path.startswith("/v1/messages/")
 
 
 def project_body(exc: ChatRelayError, *, request_id: str | None, **extra: object) -> dict[str, Any]:
@@ -68,3 +76,50 @@ def openai_body(exc: ChatRelayError) -> dict[str, Any]:
             "code": exc.code,
         }
     }
+
+
+# Our statuses as Anthropic error `type`s (platform.claude.com/docs/en/api/errors); any other
+# 4xx is an `invalid_request_error`, any other 5xx an `api_error`.
+ANTHROPIC_TYPES = {
+    401: "authentication_error",
+    402: "billing_error",
+    403: "permission_error",
+    404: "not_found_error",
+    408: "timeout_error",
+    413: "request_too_large",
+    429: "rate_limit_error",
+    504: "timeout_error",
+    529: "overloaded_error",
+}
+# Errors that mean "come back in a moment", as Anthropic's clients know them.
+_OVERLOADED = ("overloaded", "server_restarting", "storage_unavailable")
+
+
+def anthropic_status(exc: ChatRelayError) -> int:
+    """The HTTP status on the Anthropic surface: Anthropic answers a malformed request 400
+    (its SDK raises BadRequestError) and an overloaded upstream 529 (OverloadedError)."""
+    if exc.code == "overloaded":
+        return 529
+    if exc.status in (415, 422):
+        return 400
+    return exc.status
+
+
+def anthropic_type(exc: ChatRelayError) -> str:
+    if exc.code in _OVERLOADED:
+        return "overloaded_error"
+    status = anthropic_status(exc)
+    if status in ANTHROPIC_TYPES:
+        return ANTHROPIC_TYPES[status]
+    return "api_error" if status >= 500 else "invalid_request_error"
+
+
+def anthropic_body(exc: ChatRelayError, *, request_id: str | None = None) -> dict[str, Any]:
+    """Anthropic's error shape, as an HTTP body and as a stream's `event: error` data."""
+    body: dict[str, Any] = {
+        "type": "error",
+        "error": {"type": anthropic_type(exc), "message": exc.message},
+    }
+    if request_id is not None:
+        body["request_id"] = request_id
+    return body

@@ -9,6 +9,8 @@ Written on a raw :class:`asyncio.Protocol` per connection, so that it
   ``transport.write`` per frame, timing with ``loop.call_soon``/``loop.call_later``
   (no task per stream), no per-frame logging, and write flow control is honoured.
 
+Also ``POST /v1/messages/count_tokens``, answered ``{"input_tokens": fake.count_tokens}``.
+
 Wire format (see docs in ``/work/shared/reference/wire-formats.md`` §1): HTTP/1.1 with
 keep-alive, ``200`` + ``content-type: text/event-stream; charset=utf-8`` +
 ``request-id: req_fake_<n>`` + ``transfer-encoding: chunked``; every SSE frame has an
@@ -614,6 +616,19 @@ class _Conn(asyncio.Protocol):
         rec.deltas_sent = len(sc.deltas)
         self._finish("complete")
 
+    def _send_count(self, rec: RecordedRequest, input_tokens: int) -> None:
+        """`POST /v1/messages/count_tokens`: `{"input_tokens": N}`."""
+        self._rec = rec
+        body = _dumps({"input_tokens": input_tokens}).encode()
+        headers = [
+            ("content-type", "application/json"),
+            ("content-length", str(len(body))),
+            ("request-id", rec.request_id),
+            ("connection", "keep-alive" if self._keep_alive else "close"),
+        ]
+        self._write(_head(200, headers) + body)
+        self._finish("complete")
+
     def _reject(self, rec: RecordedRequest, status: int, message: str, outcome: str) -> None:
         self._rec = rec
         rec.outcome = outcome
@@ -672,6 +687,9 @@ class FakeAnthropic:
 
     # Requests to any other path get a 404 (a subclass serves another API).
     path_suffix = "/v1/messages"
+    # `POST /v1/messages/count_tokens` answers `{"input_tokens": count_tokens}` (no scenario).
+    count_path = "/v1/messages/count_tokens"
+    count_tokens = 42
 
     def __init__(
         self,
@@ -855,6 +873,9 @@ class FakeAnthropic:
         self.requests.append(rec)
         if self._keep is not None and len(self.requests) > 2 * self._keep:
             del self.requests[: len(self.requests) - self._keep]
+        if method == "POST" and path.endswith(self.count_path) and not bad_json:
+            conn._send_count(rec, self.count_tokens)
+            return
         if method != "POST" or not path.endswith(self.path_suffix):
             conn._reject(rec, 404, f"Not found: {method} {path}", "not_found")
             return

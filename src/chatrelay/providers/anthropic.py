@@ -241,6 +241,31 @@ class AnthropicProvider:
                 request[name] = value
         return request
 
+    async def count_tokens(self, params: ChatParams) -> int | None:
+        """`POST /v1/messages/count_tokens`, through the SDK's client (its auth, base URL and
+        status errors), with the body the stream would send, less what the endpoint refuses."""
+        body = self._request(params)
+        for name in ("max_tokens", "stream", "stop_sequences", "temperature", "top_p", "top_k"):
+            body.pop(name, None)
+        try:
+            response = await self._client.post(
+                "/v1/messages/count_tokens", cast_to=httpx2.Response, content=orjson.dumps(body)
+            )
+            assert isinstance(response, httpx2.Response)
+            counted = orjson.loads(response.content).get("input_tokens")
+        except anthropic.APIStatusError as exc:
+            raise map_status_error(exc, self._client.api_key) from None
+        except anthropic.APIConnectionError as exc:
+            timed_out = isinstance(exc, anthropic.APITimeoutError)
+            raise connection_error(exc, timed_out) from None
+        except httpx2.HTTPError as exc:
+            raise transport_error(exc) from None
+        except (orjson.JSONDecodeError, AttributeError) as exc:
+            raise UpstreamFailed(f"unparseable token count: {exc!r}") from None
+        if not isinstance(counted, int):
+            raise UpstreamFailed("the token count has no input_tokens")
+        return counted
+
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
         try:
             response = await post_stream(self._client, "/v1/messages", self._request(params))

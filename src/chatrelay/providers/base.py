@@ -66,6 +66,12 @@ class Provider(Protocol):
         """Notes for the client about its request (e.g. a deprecated model)."""
         ...
 
+    async def count_tokens(self, params: ChatParams) -> int | None:
+        """The input tokens of `params` as the upstream counts them (its system prompt,
+        messages and tools); None where the upstream has no such count (then chatrelay
+        estimates). Raises an `UpstreamError` if the upstream fails to count."""
+        ...
+
     async def aclose(self) -> None:
         """Release clients and connection pools."""
         ...

@@ -193,6 +193,9 @@ class MockProvider:
     def adapt(self, params: ChatParams) -> ChatParams:
         return params
 
+    async def count_tokens(self, params: ChatParams) -> int | None:
+        return None  # the mock's counts are the estimate
+
     async def stream(self, params: ChatParams) -> AsyncGenerator[ProviderEvent, None]:
         options = mock_options(params.metadata)
         delay = self._delay_s if options.delay_s is None else options.delay_s

@@ -277,6 +277,9 @@ class OpenAIProvider:
             return ["top_k is not supported by the OpenAI API and was not sent"]
         return []
 
+    async def count_tokens(self, params: ChatParams) -> int | None:
+        return None  # Chat Completions has no token counting endpoint
+
     def _request(self, params: ChatParams) -> dict[str, Any]:
         request: dict[str, Any] = {
             "model": params.model,

@@ -1,5 +1,6 @@
 """Errors as HTTP responses: the error's status and headers (`errors.py`) with the body of
-its surface (`error_bodies.py`): the project's shape, or OpenAI's under /v1/."""
+its surface (`error_bodies.py`): the project's shape, OpenAI's under /v1/, Anthropic's under
+/v1/messages."""
 
 from __future__ import annotations
 
@@ -7,7 +8,14 @@ from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 
 from ..context import request_id
-from ..error_bodies import is_openai_path, openai_body, project_body
+from ..error_bodies import (
+    anthropic_body,
+    anthropic_status,
+    is_anthropic_path,
+    is_openai_path,
+    openai_body,
+    project_body,
+)
 from ..errors import ChatRelayError, FrameworkError, MethodNotAllowed, NotFound
 
 
@@ -22,8 +30,18 @@ def openai_error_response(exc: ChatRelayError) -> JSONResponse:
     return JSONResponse(openai_body(exc), status_code=exc.status, headers=exc.headers())
 
 
+def anthropic_error_response(exc: ChatRelayError) -> JSONResponse:
+    """Anthropic's error shape, which its SDK parses: `{"type": "error", "error": {type,
+    message}}`, with the status its SDK maps to the matching exception class."""
+    body = anthropic_body(exc, request_id=request_id.get())
+    return JSONResponse(body, status_code=anthropic_status(exc), headers=exc.headers())
+
+
 def error_response_for(path: str, exc: ChatRelayError) -> JSONResponse:
-    """The error in the shape of the surface `path` belongs to: OpenAI's under /v1/."""
+    """The error in the shape of the surface `path` belongs to: Anthropic's under
+    /v1/messages, OpenAI's elsewhere under /v1/."""
+    if is_anthropic_path(path):
+        return anthropic_error_response(exc)
     return openai_error_response(exc) if is_openai_path(path) else error_response(exc)
 
 
