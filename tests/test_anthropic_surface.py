@@ -534,3 +534,35 @@ def test_a_stop_ends_the_reply_and_a_restart_is_an_overloaded_error_event() -> N
     restarted = encoded([TextDelta("a"), Cut("server_restarting")])
     assert restarted[-1][1] == "error"
     assert restarted[-1][2]["error"]["type"] == "overloaded_error"
+
+
+async def test_a_clients_cache_control_on_tools_blocks_and_system_reaches_claude_unmoved(
+    fake: FakeAnthropic,
+) -> None:
+    """The breakpoints a client placed are its own: none dropped, moved or added to."""
+    mark = {"type": "ephemeral"}
+    tools = [
+        {"name": "lookup", "input_schema": {"type": "object"}, "cache_control": mark},
+    ]
+    system = [{"type": "text", "text": "Be brief.", "cache_control": {**mark, "ttl": "1h"}}]
+    messages = [
+        {
+            "role": "user",
+            "content": [{"type": "text", "text": "A long document. " * 400, "cache_control": mark}],
+        },
+        {"role": "assistant", "content": "Read."},
+        {"role": "user", "content": "Summarise it."},
+    ]
+    fake.enqueue(Scenario(deltas=["Short."]))
+    async with sdk_for(anthropic_settings(fake)) as sdk:
+        await sdk.messages.create(
+            model="claude-sonnet-5-5",
+            max_tokens=100,
+            tools=tools,  # type: ignore[arg-type]
+            system=system,  # type: ignore[arg-type]
+            messages=messages,  # type: ignore[arg-type]
+        )
+    sent = fake.requests[-1].body
+    assert sent["tools"] == tools
+    assert sent["system"] == system
+    assert sent["messages"] == messages
