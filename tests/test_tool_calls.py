@@ -533,3 +533,15 @@ async def test_cached_tokens_reported_by_an_openai_compatible_server_are_counted
     assert reply.usage is not None and reply.usage.prompt_tokens == 500
     assert reply.usage.prompt_tokens_details is not None
     assert reply.usage.prompt_tokens_details.cached_tokens == 384
+
+
+async def test_the_mock_answers_structured_output_with_a_value_of_the_schema() -> None:
+    async with serve(make_settings(provider="mock")) as url, sdk_for(url) as sdk:
+        schema_reply = await sdk.chat.completions.create(
+            model="mock", messages=ASK, response_format=JSON_SCHEMA_FORMAT
+        )
+        object_reply = await sdk.chat.completions.create(
+            model="mock", messages=ASK, response_format={"type": "json_object"}
+        )
+    assert json.loads(schema_reply.choices[0].message.content or "") == {"answer": "mock"}
+    assert json.loads(object_reply.choices[0].message.content or "")["reply"].startswith("Hello!")

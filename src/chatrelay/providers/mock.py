@@ -168,6 +168,13 @@ def _sample(schema: Any) -> Any:
     return samples.get(str(kind))
 
 
+def structured_reply(output: dict[str, Any], words: list[str]) -> str:
+    """The mock's structured reply: a sample of the schema, or its text in an object."""
+    if output["type"] == "json_schema":
+        return orjson.dumps(_sample(output["schema"])).decode()
+    return orjson.dumps({"reply": "".join(words)}).decode()
+
+
 def estimate_tokens(params: ChatParams) -> int:
     return max(1, input_tokens(params.system, params.messages))
 
@@ -210,6 +217,11 @@ class MockProvider:
                 pieces += [
                     ToolCallDelta(number, arguments[i : i + 8]) for i in range(0, len(arguments), 8)
                 ]
+        elif params.output_format is not None:
+            # Structured output: a value of the schema (or an object), in pieces.
+            stop_reason = "end_turn"
+            text = structured_reply(params.output_format, reply_words(params, options))
+            pieces = [TextDelta(text[i : i + 8]) for i in range(0, len(text), 8)]
         else:
             stop_reason = "end_turn"
             pieces = [TextDelta(word) for word in reply_words(params, options)]
