@@ -9,6 +9,7 @@ only the frames after N.
 
     seed    `POST /ai/stream/chat`, the seed guide's frames          (surfaces/seed.py)
     openai  `POST /v1/chat/completions`, chat.completion.chunk       (surfaces/openai.py)
+    responses  `POST /v1/responses`, the Responses API's events      (surfaces/responses.py)
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..errors import StreamEnded
 from ..events import TERMINAL, StreamEvent, StreamMeta
-from . import openai, seed
+from . import openai, responses, seed
 
 if TYPE_CHECKING:
     from ..streams import Reader
@@ -34,6 +35,7 @@ class Encoder(Protocol):
 ENCODERS: dict[str, Callable[[StreamMeta], Encoder]] = {
     seed.NAME: seed.SeedEncoder,
     openai.NAME: openai.ChunkEncoder,
+    responses.NAME: responses.EventEncoder,
 }
 
 
