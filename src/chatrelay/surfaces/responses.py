@@ -136,7 +136,8 @@ class ResponsesRequest(BaseModel):
         return {
             "instructions": self.instructions,
             "max_output_tokens": self.max_output_tokens,
-            "metadata": self.metadata or {},
+            # The API's metadata is strings only (the mock's options are not echoed).
+            "metadata": {k: v for k, v in (self.metadata or {}).items() if isinstance(v, str)},
             "parallel_tool_calls": self.parallel_tool_calls is not False,
             "previous_response_id": self.previous_response_id,
             "store": self.store is not False,
@@ -265,7 +266,7 @@ def rename(problem: FieldProblem, index_of: list[int]) -> FieldProblem:
     )
     field = re.sub(r"^messages\b", "input", field)
     field = re.sub(r"^tools\[(\d+)\]\.input_schema", r"tools[\1].parameters", field)
-    field = re.sub(r"^output_format", "text.format", field)
+    field = re.sub(r"^(output_format|response_format)", "text.format", field)
     field = re.sub(r"^max_tokens\b", "max_output_tokens", field)
     field = re.sub(r"^system\b", "instructions", field)
     field = re.sub(r"^conversation_id\b", "previous_response_id", field)
@@ -343,7 +344,12 @@ def _tool_choice(
     elif choice == "none":
         picked = {"type": "none"}
     elif isinstance(choice, dict) and choice.get("type") == "function":
-        picked = {"type": "tool", "name": choice.get("name")}
+        name = choice.get("name")
+        if name not in {t.get("name") for t in tools or () if isinstance(t, dict)}:
+            raise InvalidField(
+                [FieldProblem("tool_choice", f"names {name!r}, which is not one of `tools`")]
+            )
+        picked = {"type": "tool", "name": name}
     else:
         raise InvalidField(
             [
