@@ -125,6 +125,29 @@ def read_openai(frame: Frame) -> list[Seen]:
     raise AssertionError(f"not a chat.completion.chunk frame of /v1/chat/completions: {frame}")
 
 
+def read_responses(frame: Frame) -> list[Seen]:
+    """`/v1/responses`: named events (`event:` is the data's `type`), each numbered by its
+    `sequence_number`; the last is `response.completed`, `response.incomplete` or
+    `response.failed` (no `[DONE]`: the Responses API sends none)."""
+    payload = frame.json()
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    if (
+        frame.event is None
+        or kind != frame.event
+        or not isinstance(payload.get("sequence_number"), int)
+    ):
+        raise AssertionError(f"not an event of /v1/responses: {frame}")
+    if kind == "response.output_text.delta":
+        return [(TEXT, payload["delta"])]
+    if kind in ("response.completed", "response.incomplete"):
+        return [(FINISH, payload["response"]["status"]), (END, "")]
+    if kind == "response.failed":
+        return [(ERROR, payload["response"]["error"]["code"]), (END, "")]
+    if kind.startswith("response."):
+        return []
+    raise AssertionError(f"not an event of /v1/responses: {frame}")
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -139,6 +162,9 @@ class Surface:
     # The finish reason the surface shows for each outcome ("completed", "stopped", "error"),
     # or None if it shows none (then its error frame says it all).
     finish: Mapping[str, str | None]
+    # The frames of one event share its SSE id (only the last event's are numbered on from
+    # it): a surface whose one event may be several frames (the Responses API's).
+    shared_ids: bool = False
 
 
 SURFACES = [
@@ -161,6 +187,20 @@ SURFACES = [
         read=read_openai,
         # A stopped reply ends as OpenAI's own streams end when cut short on purpose.
         finish={"completed": "stop", "stopped": "stop", "error": None},
+    ),
+    Surface(
+        name="responses",
+        path="/v1/responses",
+        body=lambda messages, mock: {
+            "model": "mock",
+            "input": messages,
+            "stream": True,
+            "metadata": {"mock": mock},
+        },
+        read=read_responses,
+        # A stopped response is one cancelled as the client asked.
+        finish={"completed": "completed", "stopped": "cancelled", "error": None},
+        shared_ids=True,
     ),
 ]
 
@@ -330,9 +370,23 @@ async def test_resumed_after_a_dropped_connection(
     ids = [f.id for f in before.frames + after.frames]
     assert None not in ids, f"{surface.name}: resumed frames without an `id:` line"
     numbers = [int(i) for i in ids if i is not None]
-    assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
-        f"{surface.name}: ids across the drop must run on with no gap and no duplicate: {ids}"
-    )
+    if surface.shared_ids:
+        # Frames of one event share its id: the ids never go back, skip none, and the resume
+        # starts after the last id read.
+        assert numbers == sorted(numbers), f"{surface.name}: ids go back: {ids}"
+        assert sorted(set(numbers)) == list(range(numbers[0], numbers[-1] + 1)), (
+            f"{surface.name}: ids across the drop must run on with no gap: {ids}"
+        )
+        assert int(after.frames[0].id or 0) > int(last_id), (
+            f"{surface.name}: the resume repeats frames of id {last_id}: {ids}"
+        )
+        # Its own numbering, too, runs on across the drop with no gap and no duplicate.
+        order = [f.json()["sequence_number"] for f in before.frames + after.frames]
+        assert order == list(range(len(order))), f"{surface.name}: sequence numbers {order}"
+    else:
+        assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
+            f"{surface.name}: ids across the drop must run on with no gap and no duplicate: {ids}"
+        )
     assert before.text + after.text == reply_of(words)
     after.assert_ends("completed")
 
