@@ -270,7 +270,11 @@ async def test_a_function_round_trip_sends_the_call_and_its_output_upstream(
 async def test_previous_response_id_continues_the_stored_conversation(
     fake: FakeAnthropic, tmp_path: Path
 ) -> None:
-    fake.enqueue(Scenario(deltas=["Nice to ", "meet you, Ada."]), Scenario(deltas=["Ada."]))
+    fake.enqueue(
+        Scenario(deltas=["Nice to ", "meet you, Ada."]),
+        Scenario(deltas=["Ada."]),
+        Scenario(deltas=["Bye."]),
+    )
     async with openai_client(claude(fake, tmp_path)) as sdk:
         first = await sdk.responses.create(model=CLAUDE, input="My name is Ada.")
         stream = await sdk.responses.create(
@@ -278,7 +282,11 @@ async def test_previous_response_id_continues_the_stored_conversation(
         )
         async with stream:
             events = [e async for e in stream]
-    second = events[-1].response
+        second = events[-1].response
+        # A streamed response's id (known from response.created on) continues it too.
+        assert events[0].response.id == second.id
+        await sdk.responses.create(model=CLAUDE, input="Bye", previous_response_id=second.id)
+    assert len(fake.requests[2].body["messages"]) == 5
     assert second.output_text == "Ada." and second.previous_response_id == first.id
     assert second.id != first.id
     assert fake.requests[1].body["messages"] == [
