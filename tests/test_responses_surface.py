@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import AsyncIterator
+from contextlib import AsyncExitStack
 from pathlib import Path
 from typing import Any
 
@@ -18,7 +19,7 @@ import httpx
 import openai
 import pytest
 
-from .conftest import make_settings, serve
+from .conftest import REDIS_URL, make_settings, redis_prefix, serve
 from .fakes.anthropic_upstream import FakeAnthropic, Scenario, ToolUse
 from .fakes.openai_upstream import FakeOpenAI, OpenAIScenario
 from .test_openai_relay import settings_for as openai_settings
@@ -497,15 +498,27 @@ async def test_what_is_not_served_is_refused_naming_the_clients_field(
 # --- resume ------------------------------------------------------------------------------------
 
 
+@pytest.mark.parametrize("log", ["memory", "redis"])
 async def test_a_resume_after_an_event_of_several_frames_repeats_none_of_them(
-    mock_settings: Any,
+    tmp_path: Path, log: str
 ) -> None:
     """The first text delta is three frames (item added, part added, delta) sharing one id:
-    a resume after it starts with the next delta, and the sequence numbers run on."""
-    async with serve(mock_settings) as url, httpx.AsyncClient(timeout=10) as http:
+    a resume after it starts with the next delta, and the sequence numbers run on (with the
+    event log in memory, and in Redis, whose stored stream meta carries the request's echo)."""
+    async with AsyncExitStack() as stack:
+        extra: dict[str, Any] = {}
+        if log == "redis":
+            prefix = await stack.enter_async_context(redis_prefix())
+            extra = {"redis_url": REDIS_URL, "redis_prefix": prefix}
+        settings = make_settings(
+            provider="mock", database_url=f"sqlite+aiosqlite:///{tmp_path}/c.db", **extra
+        )
+        url = await stack.enter_async_context(serve(settings))
+        http = await stack.enter_async_context(httpx.AsyncClient(timeout=10))
         body = {
             "model": "mock",
             "input": "Hi there",
+            "instructions": "Be brief",
             "stream": True,
             "metadata": {"mock": {"delay_s": 0.05}},
         }
@@ -535,4 +548,6 @@ async def test_a_resume_after_an_event_of_several_frames_repeats_none_of_them(
     text = "".join(
         f.json()["delta"] for f in before + after if f.event == "response.output_text.delta"
     )
-    assert text == MOCK_REPLY == after[-1].json()["response"]["output"][0]["content"][0]["text"]
+    final = after[-1].json()["response"]
+    assert text == MOCK_REPLY == final["output"][0]["content"][0]["text"]
+    assert final["instructions"] == "Be brief"
