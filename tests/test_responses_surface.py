@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import openai
+import pydantic
 import pytest
 
 from .conftest import REDIS_URL, make_settings, redis_prefix, serve
@@ -402,6 +403,21 @@ async def test_text_format_json_schema_reaches_an_openai_compatible_upstream(
     }
 
 
+async def test_parse_with_a_text_format_gives_the_parsed_object(mock_settings: Any) -> None:
+    class Answer(pydantic.BaseModel):
+        answer: int
+
+    async with openai_client(mock_settings) as sdk:
+        parsed = await sdk.responses.parse(
+            model="mock",
+            input="The answer?",
+            text_format=Answer,
+            extra_body={"metadata": {"mock": {"reply": '{"answer": 42}'}}},
+        )
+    assert parsed.output_parsed == Answer(answer=42)
+    assert parsed.text is not None and parsed.text.format.type == "json_schema"
+
+
 async def test_function_calls_from_an_openai_compatible_upstream(fake_openai: FakeOpenAI) -> None:
     fake_openai.enqueue(
         OpenAIScenario(
@@ -477,6 +493,7 @@ async def test_an_upstream_429_before_any_token_is_a_rate_limit_error(
         ({"text": {"format": {"type": "json_schema"}}}, "text.format"),
         ({"tool_choice": {"type": "allowed_tools"}}, "tool_choice"),
         ({"tool_choice": {"type": "function", "name": "nope"}, "tools": [WEATHER]}, "tool_choice"),
+        ({"tool_choice": "required"}, "tool_choice"),
         ({"background": True}, "background"),
         ({"reasoning": {"effort": "high"}}, "reasoning"),
         ({"max_output_tokens": 0}, "max_output_tokens"),

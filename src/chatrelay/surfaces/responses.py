@@ -359,6 +359,8 @@ def _tool_choice(
                 )
             ]
         )
+    if picked["type"] in ("any", "tool") and not tools:
+        raise InvalidField([FieldProblem("tool_choice", f"{choice!r} needs `tools`")])
     if parallel is False and tools and picked["type"] != "none":
         picked["disable_parallel_tool_use"] = True
     return picked
