@@ -322,6 +322,24 @@ async def test_previous_response_id_takes_the_outputs_of_its_function_calls(
     assert "“Thanks”" in third.output_text
 
 
+async def test_a_failed_try_leaves_the_previous_response_the_one_to_continue(
+    mock_settings: Any,
+) -> None:
+    """The SDK retries a 429 with the same `previous_response_id`: the failed try (stored as
+    a reply with no output) does not make that response an earlier one."""
+    failing = {"metadata": {"mock": {"fail_after": 0, "fail_code": "rate_limited"}}}
+    async with openai_client(mock_settings) as sdk:
+        first = await sdk.responses.create(model="mock", input="First")
+        with pytest.raises(openai.RateLimitError):
+            await sdk.responses.create(
+                model="mock", input="Second", previous_response_id=first.id, extra_body=failing
+            )
+        second = await sdk.responses.create(
+            model="mock", input="Second", previous_response_id=first.id
+        )
+    assert "“Second”" in second.output_text
+
+
 async def test_an_unknown_or_unstored_previous_response_id_is_a_404_naming_it(
     mock_settings: Any,
 ) -> None:

@@ -221,10 +221,13 @@ class Conversations:
                 break
         else:
             return None
-        replies = [m.stream_id for m in found.messages if m.role == "assistant"]
-        if stream_id not in replies:
+        replies = [m for m in found.messages if m.role == "assistant"]
+        at = next((i for i, m in enumerate(replies) if m.stream_id == stream_id), None)
+        if at is None:
             return None
-        return replies[-1] == stream_id
+        # Replies that failed before any output are no turn of the history (`begin`): one
+        # after it (a retry's first try, say) leaves it the latest.
+        return not any(m.content for m in replies[at + 1 :])
 
     # -- while the reply is generated: checkpoints ------------------------------------------
     def watch(
