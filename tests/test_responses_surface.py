@@ -111,6 +111,22 @@ async def test_a_streamed_response_comes_as_the_responses_api_events_in_order(
     assert completed.usage.total_tokens == completed.usage.input_tokens + len(deltas)
 
 
+async def test_heartbeats_between_events_do_not_break_the_sdk(tmp_path: Path) -> None:
+    settings = make_settings(
+        provider="mock", heartbeat_s=0.03, database_url=f"sqlite+aiosqlite:///{tmp_path}/c.db"
+    )
+    mock = {"delay_s": 0.1, "words": 4}  # pauses of 3 heartbeats between the deltas
+    async with (
+        openai_client(settings) as sdk,
+        sdk.responses.stream(
+            model="mock", input="Hi", extra_body={"metadata": {"mock": mock}}
+        ) as stream,
+    ):
+        deltas = [e async for e in stream if e.type == "response.output_text.delta"]
+        final = await stream.get_final_response()
+    assert len(deltas) == 4 and final.status == "completed"
+
+
 async def test_the_stream_helper_gives_text_deltas_and_the_final_response(
     mock_settings: Any,
 ) -> None:
@@ -476,6 +492,31 @@ async def test_a_mid_stream_upstream_error_is_response_failed(
     [item] = failed.response.output  # what it got to, as far as it got
     assert item.status == "incomplete" and item.content[0].text == "one two "
     assert len(fake.requests) == 1  # nothing is retried once text went out
+
+
+async def test_a_failure_after_a_committed_200_still_starts_with_response_created(
+    tmp_path: Path,
+) -> None:
+    # No token within one heartbeat: the 200 stream is committed, then the (mock) upstream
+    # fails before any output; the SDK still sees a response begin, then fail.
+    settings = make_settings(
+        provider="mock",
+        heartbeat_s=0.03,
+        max_retries=0,
+        database_url=f"sqlite+aiosqlite:///{tmp_path}/c.db",
+    )
+    mock = {"first_token_delay_s": 0.15, "fail_after": 0, "fail_code": "overloaded"}
+    async with openai_client(settings) as sdk:
+        events = await events_of(
+            sdk, model="mock", input="Hi", extra_body={"metadata": {"mock": mock}}
+        )
+    assert [e.type for e in events] == [
+        "response.created",
+        "response.in_progress",
+        "response.failed",
+    ]
+    assert events[-1].response.error.code == "overloaded"
+    assert events[-1].response.output == []
 
 
 async def test_an_upstream_429_before_any_token_is_a_rate_limit_error(
