@@ -195,6 +195,20 @@ async def test_function_call_arguments_stream_as_the_model_writes_them(
     assert sent["tools"][0]["input_schema"] == WEATHER["parameters"]
 
 
+async def test_a_call_without_arguments_has_an_empty_object(
+    fake: FakeAnthropic, tmp_path: Path
+) -> None:
+    fake.enqueue(
+        Scenario(deltas=[], tool_calls=[ToolUse("toolu_1", "get_time", [])], stop_reason="tool_use")
+    )
+    async with openai_client(claude(fake, tmp_path)) as sdk:
+        events = await events_of(sdk, model=CLAUDE, input="Time?", tools=[TIME])
+    [done] = [e for e in events if e.type == "response.function_call_arguments.done"]
+    assert done.arguments == "{}"
+    [call] = events[-1].response.output
+    assert call.arguments == "{}" and call.status == "completed"
+
+
 async def test_parallel_calls_from_the_mock_through_the_stream_helper(mock_settings: Any) -> None:
     async with (
         openai_client(mock_settings) as sdk,

@@ -512,7 +512,8 @@ def call_item(item_id: str, call: ToolCall, status: str = "completed") -> dict[s
         "status": status,
         "call_id": call.id,
         "name": call.name,
-        "arguments": call.arguments,
+        # A whole call without arguments has `{}`, which a client can parse.
+        "arguments": call.arguments or ("{}" if status == "completed" else ""),
     }
 
 
@@ -641,7 +642,7 @@ class EventEncoder:
                 self._frame(
                     ids.next(),
                     "response.function_call_arguments.done",
-                    {"item_id": item["id"], "output_index": at, "arguments": whole.arguments},
+                    {"item_id": item["id"], "output_index": at, "arguments": item["arguments"]},
                 )
             )
             done = {"output_index": at, "item": item}
