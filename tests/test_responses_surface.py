@@ -370,7 +370,7 @@ async def test_a_failed_try_leaves_the_previous_response_the_one_to_continue(
     assert "“Second”" in second.output_text
 
 
-async def test_an_unknown_or_unstored_previous_response_id_is_a_404_naming_it(
+async def test_an_unknown_unstored_or_earlier_previous_response_id_is_refused_naming_it(
     mock_settings: Any,
 ) -> None:
     async with openai_client(mock_settings) as sdk:
@@ -381,13 +381,17 @@ async def test_an_unknown_or_unstored_previous_response_id_is_a_404_naming_it(
             "resp_nope",
             unstored.id,
             "resp_" + "0" * 32 + first.id[37:],  # its conversation, another reply
-            first.id,  # no longer the latest of its conversation
         ):
             with pytest.raises(openai.NotFoundError) as caught:
                 await sdk.responses.create(model="mock", input="Hi", previous_response_id=bad)
             body: Any = caught.value.body
             assert body["param"] == "previous_response_id", body
             assert bad in body["message"]
+        # No longer the latest of its conversation: branching is refused, not done wrong.
+        with pytest.raises(openai.BadRequestError) as refused:
+            await sdk.responses.create(model="mock", input="Hi", previous_response_id=first.id)
+        body = refused.value.body
+        assert body["param"] == "previous_response_id" and "earlier" in body["message"]
 
 
 # --- what reaches the upstream -----------------------------------------------------------------

@@ -8,7 +8,7 @@ from fastapi.responses import JSONResponse, Response
 from .. import surfaces
 from ..bodies import read_body
 from ..chat import complete
-from ..errors import InvalidField
+from ..errors import InvalidField, Unsupported
 from ..openapi import body
 from ..principals import Principal, principal_of
 from ..schemas import ChatRequest
@@ -61,10 +61,10 @@ async def _check_previous(
     if found is None:
         raise responses.ResponseNotFound(body.previous_response_id)
     if not found:
-        raise responses.ResponseNotFound(
-            body.previous_response_id,
-            " as the latest response of its conversation (continuing an earlier one is not"
-            " supported: continue the latest)",
+        raise Unsupported(
+            "previous_response_id",
+            f"{body.previous_response_id!r} is an earlier response of its conversation; only"
+            " the latest can be continued (branching from an earlier one is not supported)",
         )
 
 
