@@ -57,6 +57,7 @@ BODY_ROUTES = [
     ("POST", "/ai/chat"),
     ("POST", "/ai/stream/chat"),
     ("POST", "/v1/chat/completions"),
+    ("POST", "/v1/responses"),
     ("PATCH", f"/conversations/{EXISTING_CONVERSATION}"),
 ]
 TRACE_MARKERS = ("Traceback", 'File "')
@@ -435,6 +436,7 @@ def test_openapi_document_is_served(http: httpx.Client) -> None:
         "/ai/stream/{stream_id}/stop",
         "/v1/chat/completions",
         "/v1/models",
+        "/v1/responses",
         "/conversations",
         "/conversations/{conversation_id}",
         "/usage",
@@ -523,6 +525,7 @@ VALID_BODY: dict[str, dict[str, Any]] = {
     "/ai/chat": {"messages": [HI]},
     "/ai/stream/chat": {"messages": [HI]},
     "/v1/chat/completions": {"messages": [HI]},
+    "/v1/responses": {"input": [HI]},
     f"/conversations/{EXISTING_CONVERSATION}": {"title": "A title"},
 }
 # Each of these is the wrong type (or value) for some field, and the right one for others.

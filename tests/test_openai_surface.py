@@ -230,6 +230,16 @@ async def test_the_model_may_be_left_to_the_server_default(client: httpx.AsyncCl
     assert body["choices"][0]["message"]["content"] == MOCK_REPLY
 
 
+async def test_heartbeats_between_chunks_do_not_break_the_sdk() -> None:
+    """After a chunk with an `id:`, the SDK's decoder dispatches an event at every blank line
+    (it keeps the last event id): a `: ping` with a blank line after it would read as a chunk
+    of empty data, which it fails to parse. So /v1 pings are a comment line alone."""
+    metadata: Any = {"mock": {"delay_s": 0.1, "words": 4}}  # pauses of 3 heartbeats
+    async with openai_client(make_settings(provider="mock", heartbeat_s=0.03)) as sdk:
+        chunks = await stream_chunks(sdk, metadata=metadata)
+    assert len(text_deltas(chunks)) == 4
+
+
 async def test_a_slow_first_token_streams_behind_heartbeats_the_sdk_ignores(
     client: httpx.AsyncClient,
 ) -> None:

@@ -147,6 +147,29 @@ def read_anthropic(frame: Frame) -> list[Seen]:
     raise AssertionError(f"not an event of /v1/messages: {frame}")
 
 
+def read_responses(frame: Frame) -> list[Seen]:
+    """`/v1/responses`: named events (`event:` is the data's `type`), each numbered by its
+    `sequence_number`; the last is `response.completed`, `response.incomplete` or
+    `response.failed` (no `[DONE]`: the Responses API sends none)."""
+    payload = frame.json()
+    kind = payload.get("type") if isinstance(payload, dict) else None
+    if (
+        frame.event is None
+        or kind != frame.event
+        or not isinstance(payload.get("sequence_number"), int)
+    ):
+        raise AssertionError(f"not an event of /v1/responses: {frame}")
+    if kind == "response.output_text.delta":
+        return [(TEXT, payload["delta"])]
+    if kind in ("response.completed", "response.incomplete"):
+        return [(FINISH, payload["response"]["status"]), (END, "")]
+    if kind == "response.failed":
+        return [(ERROR, payload["response"]["error"]["code"]), (END, "")]
+    if kind.startswith("response."):
+        return []
+    raise AssertionError(f"not an event of /v1/responses: {frame}")
+
+
 # --- the table -------------------------------------------------------------------------------
 
 
@@ -202,6 +225,20 @@ SURFACES = [
         finish={"completed": "end_turn", "stopped": "end_turn", "error": None},
         # Anthropic's error types: both mean "come back in a moment".
         codes={"overloaded": "overloaded_error", "server_restarting": "overloaded_error"},
+        shared_ids=True,
+    ),
+    Surface(
+        name="responses",
+        path="/v1/responses",
+        body=lambda messages, mock: {
+            "model": "mock",
+            "input": messages,
+            "stream": True,
+            "metadata": {"mock": mock},
+        },
+        read=read_responses,
+        # A stopped response is one cancelled as the client asked.
+        finish={"completed": "completed", "stopped": "cancelled", "error": None},
         shared_ids=True,
     ),
 ]
@@ -374,15 +411,19 @@ async def test_resumed_after_a_dropped_connection(
     assert None not in ids, f"{surface.name}: resumed frames without an `id:` line"
     numbers = [int(i) for i in ids if i is not None]
     if surface.shared_ids:
-        # The frames of one event share its id, so the resume must start after it.
-        distinct = sorted(set(numbers))
-        assert numbers == sorted(numbers), f"{surface.name}: ids out of order: {ids}"
-        assert distinct == list(range(distinct[0], distinct[0] + len(distinct))), (
+        # Frames of one event share its id: the ids never go back, skip none, and the resume
+        # starts after the last id read.
+        assert numbers == sorted(numbers), f"{surface.name}: ids go back: {ids}"
+        assert sorted(set(numbers)) == list(range(numbers[0], numbers[-1] + 1)), (
             f"{surface.name}: ids across the drop must run on with no gap: {ids}"
         )
         assert int(after.frames[0].id or 0) > int(last_id), (
-            f"{surface.name}: the resume repeated frame {last_id}: {ids}"
+            f"{surface.name}: the resume repeats frames of id {last_id}: {ids}"
         )
+        if surface.name == "responses":
+            # Its own numbering, too, runs on across the drop with no gap and no duplicate.
+            order = [f.json()["sequence_number"] for f in before.frames + after.frames]
+            assert order == list(range(len(order))), f"{surface.name}: sequence numbers {order}"
     else:
         assert numbers == list(range(numbers[0], numbers[0] + len(numbers))), (
             f"{surface.name}: ids across the drop must run on with no gap and no duplicate: {ids}"

@@ -30,7 +30,7 @@ from .models import models_config
 from .outages import storage_outage
 from .quotas import Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
-from .routes import chat, conversations, health, me, messages, openai, page, streams
+from .routes import chat, conversations, health, me, messages, openai, page, responses, streams
 from .routes.errors import error_response_for, framework_error
 from .routing import Router
 from .schemas import problems_from
@@ -230,6 +230,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.include_router(streams.router)
     app.include_router(openai.router)
     app.include_router(messages.router)
+    app.include_router(responses.router)
     app.include_router(conversations.router)
     app.include_router(me.router)
     app.include_router(health.router)

@@ -209,6 +209,26 @@ class Conversations:
             raise ConversationBusy(shown) from None  # named as the client knows it
         return Turn(stored, upstream, omitted, reply_seq, shown_id=shown)
 
+    async def reply_in(self, conversation_id: str, owner: str, stream_id: str) -> bool | None:
+        """Where stream `stream_id`'s reply is in the caller's conversation `conversation_id`:
+        True for its latest turn, False for an earlier one (turns followed it), None if it is
+        not there (no such conversation of the caller's, or no such reply in it)."""
+        if not CONVERSATION_ID.match(conversation_id):
+            return None
+        for candidate in lookup_ids(owner, conversation_id):
+            found = await self.store.get(candidate, owner)
+            if found is not None:
+                break
+        else:
+            return None
+        replies = [m for m in found.messages if m.role == "assistant"]
+        at = next((i for i, m in enumerate(replies) if m.stream_id == stream_id), None)
+        if at is None:
+            return None
+        # Replies that failed before any output are no turn of the history (`begin`): one
+        # after it (a retry's first try, say) leaves it the latest.
+        return not any(m.content for m in replies[at + 1 :])
+
     # -- while the reply is generated: checkpoints ------------------------------------------
     def watch(
         self, turn: Turn, stream_id: str, model: str, text: list[str], thinking: list[str]

@@ -16,6 +16,11 @@ from starlette.responses import Response
 from starlette.types import Receive, Scope, Send
 
 PING = b": ping\n\n"
+# The heartbeat for OpenAI's SDKs: a comment line alone. Their SSE decoder dispatches an event
+# at every blank line once an `id:` has been seen (the last event id is kept, as the spec says),
+# so `PING`'s blank line after a frame with an id reads as an event with empty data, which
+# they fail to parse as JSON. A comment line needs no blank line after it.
+LINE_PING = b": ping\n"
 RAW_SEND = "chatrelay.raw_send"  # the scope key of the server's own `send` (see app.py)
 
 
@@ -31,9 +36,11 @@ class EventStreamResponse(Response):
         heartbeat_s: float,
         headers: Mapping[str, str] | None = None,
         status_code: int = 200,  # FastAPI reads this default when it documents the route
+        ping: bytes = PING,
     ) -> None:
         self.frames = frames
         self.heartbeat_s = heartbeat_s
+        self.ping = ping
         self.status_code = 200
         self.background = None
         self.body = b""
@@ -90,5 +97,5 @@ class EventStreamResponse(Response):
         while True:
             await asyncio.sleep(self._last_write + self.heartbeat_s - loop.time())
             if loop.time() - self._last_write >= self.heartbeat_s:
-                await send({"type": "http.response.body", "body": PING, "more_body": True})
+                await send({"type": "http.response.body", "body": self.ping, "more_body": True})
                 self._last_write = loop.time()

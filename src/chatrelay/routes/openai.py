@@ -16,7 +16,7 @@ from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest
 from ..services import services
-from ..sse import EventStreamResponse
+from ..sse import LINE_PING, EventStreamResponse
 from ..surfaces import openai
 from . import headers
 from .chat import client_gone, stream_headers
@@ -86,7 +86,10 @@ async def _answer(
         await reader.aclose()  # the reply has ended: its turn is stored, its tokens settled
         return openai_error_response(failure)
     return EventStreamResponse(
-        surfaces.frames(reader), heartbeat_s=settings.heartbeat_s, headers=stream_headers(reader)
+        surfaces.frames(reader),
+        heartbeat_s=settings.heartbeat_s,
+        headers=stream_headers(reader),
+        ping=LINE_PING,
     )
 
 

@@ -10,7 +10,8 @@ from .. import surfaces
 from ..errors import FieldProblem, InvalidField
 from ..principals import principal_of
 from ..services import services
-from ..sse import EventStreamResponse
+from ..sse import LINE_PING, PING, EventStreamResponse
+from ..surfaces import seed
 
 router = APIRouter()
 
@@ -48,7 +49,9 @@ async def resume_stream(
     # In the format of the surface that started the stream, whichever it was.
     frames = await surfaces.resume(reader, offset)
     headers = {"x-stream-id": stream_id, "x-chatrelay-instance": hub.instance}
-    return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers)
+    # With the heartbeat of that surface too (OpenAI-style SSE decoders need LINE_PING).
+    ping = PING if reader.meta.surface == seed.NAME else LINE_PING
+    return EventStreamResponse(frames, heartbeat_s=settings.heartbeat_s, headers=headers, ping=ping)
 
 
 @router.post("/ai/stream/{stream_id}/stop", summary="Stop a stream's generation")

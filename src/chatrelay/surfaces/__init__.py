@@ -3,13 +3,15 @@
 A stream's events (`events.StreamEvent`, numbered 1, 2, 3, …) are the same whatever surface
 started it; each reader encodes them with the encoder of that surface (`StreamMeta.surface`).
 A frame's SSE id is its event's number; the last event (`End` or `Cut`) may take several
-frames, numbered on from it (nothing follows it). So a resume after frame N, in any surface,
-replays the events (the encoder needs what came before, e.g. the answering model) and sends
-only the frames after N.
+frames, numbered on from it (nothing follows it); any other event that takes several frames
+(the Responses API's first text delta opens its item too) gives them all its number. So a
+resume after frame N, in any surface, replays the events (the encoder needs what came before,
+e.g. the answering model) and sends only the frames after N.
 
-    seed    `POST /ai/stream/chat`, the seed guide's frames          (surfaces/seed.py)
-    openai  `POST /v1/chat/completions`, chat.completion.chunk       (surfaces/openai.py)
+    seed       `POST /ai/stream/chat`, the seed guide's frames       (surfaces/seed.py)
+    openai     `POST /v1/chat/completions`, chat.completion.chunk    (surfaces/openai.py)
     anthropic  `POST /v1/messages`, the Messages API's events        (surfaces/anthropic.py)
+    responses  `POST /v1/responses`, the Responses API's events      (surfaces/responses.py)
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from typing import TYPE_CHECKING, Protocol
 
 from ..errors import StreamEnded
 from ..events import TERMINAL, StreamEvent, StreamMeta
-from . import anthropic, openai, seed
+from . import anthropic, openai, responses, seed
 
 if TYPE_CHECKING:
     from ..streams import Reader
@@ -36,6 +38,7 @@ ENCODERS: dict[str, Callable[[StreamMeta], Encoder]] = {
     seed.NAME: seed.SeedEncoder,
     openai.NAME: openai.ChunkEncoder,
     anthropic.NAME: anthropic.MessagesEncoder,
+    responses.NAME: responses.EventEncoder,
 }
 
 
