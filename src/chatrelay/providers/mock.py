@@ -217,7 +217,7 @@ class MockProvider:
                 pieces += [
                     ToolCallDelta(number, arguments[i : i + 8]) for i in range(0, len(arguments), 8)
                 ]
-        elif params.output_format is not None:
+        elif params.output_format is not None and options.reply is None:
             # Structured output: a value of the schema (or an object), in pieces.
             stop_reason = "end_turn"
             text = structured_reply(params.output_format, reply_words(params, options))
