@@ -25,8 +25,9 @@ reader's surface (surfaces/) encodes the events as its frames; the hub never see
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
-from collections.abc import AsyncGenerator, AsyncIterator
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from contextlib import aclosing
 from typing import TYPE_CHECKING
 
@@ -66,11 +67,22 @@ class Reader:
 
     `opening()` looks ahead at how the reply opens, for surfaces that answer a failure before
     any output with an HTTP status; what it read is still delivered by the iteration.
+
+    Once it has started reading, its hub learns that it has gone (`left`, once) when it is closed,
+    as every surface's `frames()` does, or (once it has looked ahead) when it is collected
+    unclosed. Iterated directly, it is the event log's own generator: no layer per batch.
     """
 
-    def __init__(self, info: StreamInfo, batches: AsyncGenerator[Batch, None]) -> None:
+    def __init__(
+        self,
+        info: StreamInfo,
+        batches: AsyncGenerator[Batch, None],
+        left: Callable[[], Awaitable[None]],
+    ) -> None:
         self.info = info
         self._batches = batches
+        self._left: Callable[[], Awaitable[None]] | None = left
+        self._started = False
         self._ahead: list[Batch] = []
         self._next: asyncio.Future[Batch] | None = None
 
@@ -79,6 +91,7 @@ class Reader:
         return self.info.meta
 
     def __aiter__(self) -> AsyncIterator[Batch]:
+        self._started = True
         if not self._ahead and self._next is None:
             return self._batches  # nothing read ahead: no layer of its own per batch
         return self._replay()
@@ -100,6 +113,11 @@ class Reader:
         output, or when it has given no sign within `wait_s`."""
         loop = asyncio.get_running_loop()
         deadline = loop.time() + wait_s
+        if not self._started:
+            # Read ahead in a task: if this reader is then dropped unclosed, the layer's
+            # finalizer still tells the hub.
+            self._started = True
+            self._batches = self._guarded(self._batches)
         while True:
             if self._next is None:
                 self._next = asyncio.ensure_future(anext(self._batches))
@@ -121,10 +139,27 @@ class Reader:
                     return ServerRestarting()
                 return None
 
+    async def _guarded(self, batches: AsyncGenerator[Batch, None]) -> AsyncGenerator[Batch, None]:
+        try:
+            async with aclosing(batches):
+                async for batch in batches:
+                    yield batch
+        finally:
+            await self._gone()
+
+    async def _gone(self) -> None:
+        left, self._left = self._left, None
+        if left is not None:
+            await left()
+
     async def aclose(self) -> None:
         if self._next is not None:
             self._next.cancel()
-        await self._batches.aclose()
+        try:
+            await self._batches.aclose()
+        finally:
+            if self._started:  # (a reader that never read was never counted as gone)
+                await self._gone()
 
 
 class StreamHub:
@@ -168,7 +203,7 @@ class StreamHub:
             self._generate(generation), name=f"generation-{job.stream_id}"
         )
         info = StreamInfo(meta, owner, self.instance, finished=False)
-        return Reader(info, self._read(job.stream_id, 0, generation))
+        return self._reader(info, generation)
 
     async def _generate(self, generation: Generation) -> None:
         stream_id = generation.job.stream_id
@@ -227,22 +262,27 @@ class StreamHub:
                 generation.grace = None
         else:
             await self.events.attach(stream_id)
-        return Reader(info, self._read(stream_id, 0, generation))
+        return self._reader(info, generation)
 
-    async def _read(
-        self, stream_id: str, after: int, generation: Generation | None
-    ) -> AsyncGenerator[Batch, None]:
-        try:
-            async with aclosing(self.events.read(stream_id, after)) as batches:
-                async for batch in batches:
-                    yield batch
-        finally:
-            if generation is not None:
-                generation.readers -= 1
-                if generation.readers == 0:
-                    self._arm_grace(generation)
-            else:
-                await self.events.detach(stream_id)
+    def _reader(self, info: StreamInfo, generation: Generation | None) -> Reader:
+        """A reader of the log from its first event. It reads the log's own generator (no
+        layer of the hub's per batch, on the path of every delta) and tells the hub when it
+        has gone (`_left`)."""
+        stream_id = info.stream_id
+        return Reader(
+            info,
+            self.events.read(stream_id, 0),
+            functools.partial(self._left, stream_id, generation),
+        )
+
+    async def _left(self, stream_id: str, generation: Generation | None) -> None:
+        """A reader has gone: the last one of a running generation arms its grace."""
+        if generation is not None:
+            generation.readers -= 1
+            if generation.readers == 0:
+                self._arm_grace(generation)
+        else:
+            await self.events.detach(stream_id)
 
     def _arm_grace(self, generation: Generation) -> None:
         if generation.task is None or generation.task.done():

@@ -20,10 +20,12 @@ class MirroredStream:
 
     A text delta, nearly every event, is held as its bare `str`: a log keeps every event of
     every stream until it expires, and strings are not tracked by the garbage collector,
-    whose collections would otherwise walk them all (docs/BENCHMARKS.md).
+    whose collections would otherwise walk them all (docs/BENCHMARKS.md). The last event
+    appended is also kept as it came (`last`), so that a reader that keeps up, as nearly every
+    reader does, gets it without a new `TextDelta` per read.
     """
 
-    __slots__ = ("events", "finished", "loop", "meta", "owner", "waiters")
+    __slots__ = ("events", "finished", "last", "loop", "meta", "owner", "waiters")
 
     def __init__(self, meta: StreamMeta, owner: str, loop: asyncio.AbstractEventLoop) -> None:
         self.meta = meta
@@ -32,6 +34,7 @@ class MirroredStream:
         # wait once per event.
         self.loop = loop
         self.events: list[StreamEvent | str] = []
+        self.last: StreamEvent | None = None  # events[-1] as appended (one per stream)
         self.finished = False
         # One future per waiting reader (nearly always one): a reader that leaves cancels
         # only its own, with no `asyncio.shield` per event.
@@ -84,6 +87,7 @@ class MemoryEventLog:
     async def append(self, stream_id: str, seq: int, event: StreamEvent) -> None:
         stream = self._streams[stream_id]
         stream.events.append(event.text if type(event) is TextDelta else event)
+        stream.last = event
         stream.wake()
 
     async def finish(self, stream_id: str) -> None:
@@ -122,7 +126,17 @@ class MemoryEventLog:
         index = after
         events = stream.events
         while True:
-            if index < len(events):
+            count = len(events)
+            if index < count:
+                if index == count - 1:
+                    # Just the newest event (the reader keeps up): the one appended, as it came.
+                    held, last = events[index], stream.last
+                    if last is not None and (
+                        last is held or (type(last) is TextDelta and last.text is held)
+                    ):
+                        index = count
+                        yield count, (last,)
+                        continue
                 # Everything that piled up goes out together (in one write, once encoded).
                 batch = stream.slice(index)
                 yield index + 1, batch
