@@ -2,7 +2,7 @@
 arguments, parallel tool calls, a mid-stream error}, asserting what the client receives.
 
 Each surface is read by the client its users run: the seed's SSE frames with httpx, the
-official `openai` SDK (Chat Completions and the Responses API) and the official `anthropic`
+official `openai` SDK (Chat Completions, and the Responses API's events) and the official `anthropic`
 SDK. Each provider kind is behind chatrelay as it is in production: the Anthropic API and an
 OpenAI-compatible server as loopback fakes speaking their wire formats, and the mock.
 """
@@ -153,6 +153,35 @@ async def anthropic_client(url: str, model: str, case: Case) -> Seen:
     return seen
 
 
+async def responses_client(url: str, model: str, case: Case) -> Seen:
+    seen = Seen()
+    calls: dict[int, list[Any]] = {}
+    tools = [
+        {"type": "function", "name": n, "parameters": s, "strict": False}
+        for n, s in TOOLS[: case.tools]
+    ]
+    async with openai.AsyncOpenAI(api_key="k", base_url=f"{url}/v1", max_retries=0) as sdk:
+        stream = await sdk.responses.create(
+            model=model,
+            input=QUESTION,
+            stream=True,
+            extra_body={"metadata": case.metadata},
+            **({"tools": tools} if tools else {}),  # type: ignore[arg-type]
+        )
+        async for event in stream:
+            if event.type == "response.output_text.delta":
+                seen.text += event.delta
+            elif event.type == "response.output_item.added" and event.item.type == "function_call":
+                calls[event.output_index] = [event.item.call_id, event.item.name, "", 0]
+            elif event.type == "response.function_call_arguments.delta":
+                calls[event.output_index][2] += event.delta
+                calls[event.output_index][3] += 1
+            elif event.type == "response.failed":
+                seen.failed = True
+    _collect(seen, calls)
+    return seen
+
+
 def _collect(seen: Seen, calls: dict[int, list[Any]]) -> None:
     for _, (call_id, name, arguments, pieces) in sorted(calls.items()):
         seen.calls.append((call_id, name, json.loads(arguments) if not seen.failed else {}))
@@ -163,6 +192,7 @@ CLIENTS: dict[str, Client] = {
     "seed": seed_client,
     "openai": openai_client,
     "anthropic": anthropic_client,
+    "responses": responses_client,
 }
 
 
