@@ -185,6 +185,12 @@ def keys() -> None:
 @click.option("--tpm", type=click.IntRange(1), help="Tokens per minute.")
 @click.option("--daily-tokens", type=click.IntRange(1), help="Tokens per UTC day.")
 @click.option("--concurrency", type=click.IntRange(1), help="Streams at once.")
+@click.option(
+    "--daily-usd", type=click.FloatRange(0, max_open=True), help="US dollars per UTC day."
+)
+@click.option(
+    "--monthly-usd", type=click.FloatRange(0, max_open=True), help="US dollars per UTC month."
+)
 def keys_create(
     name: str,
     admin: bool,
@@ -192,13 +198,22 @@ def keys_create(
     tpm: int | None,
     daily_tokens: int | None,
     concurrency: int | None,
+    daily_usd: float | None,
+    monthly_usd: float | None,
 ) -> None:
     """Create a key and print it: it cannot be shown again."""
     from .keys import ApiKeys
 
     async def work(store: Store) -> tuple[str, str]:
         key, row = await ApiKeys(store.engine).create(
-            name, admin=admin, rpm=rpm, tpm=tpm, daily_tokens=daily_tokens, concurrency=concurrency
+            name,
+            admin=admin,
+            rpm=rpm,
+            tpm=tpm,
+            daily_tokens=daily_tokens,
+            concurrency=concurrency,
+            daily_usd=daily_usd,
+            monthly_usd=monthly_usd,
         )
         return key, row.id
 
@@ -222,7 +237,7 @@ def keys_list() -> None:
     for row in rows:
         limits = " ".join(
             f"{name}={value}"
-            for name in ("rpm", "tpm", "daily_tokens", "concurrency")
+            for name in ("rpm", "tpm", "daily_tokens", "concurrency", "daily_usd", "monthly_usd")
             if (value := getattr(row, name)) is not None
         )
         used = row.last_used_at.strftime("%Y-%m-%d %H:%M") if row.last_used_at else "never"
