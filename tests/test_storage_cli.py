@@ -296,7 +296,7 @@ def check_json(exported: Done, seeded: Seeded) -> None:
         assert reply["end_reason"] == "completed"
         assert reply["model"] == "mock"
         usage = reply["usage"]
-        assert set(usage) == {"input_tokens", "output_tokens", "estimated"}
+        assert set(usage) == {"input_tokens", "output_tokens", "estimated", "cost_usd"}
         assert isinstance(usage["input_tokens"], int) and usage["input_tokens"] > 0
         assert isinstance(usage["output_tokens"], int) and usage["output_tokens"] > 0
     # The second turn was sent with the first as history: it cost more input.
