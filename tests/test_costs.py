@@ -11,7 +11,7 @@ import pytest
 
 from chatrelay.prices import Price, Prices
 
-from .conftest import make_settings, serve, stream_chat
+from .conftest import REDIS_URL, make_settings, redis_prefix, serve, stream_chat
 from .fakes.anthropic_upstream import FakeAnthropic, Scenario
 
 ASK = [{"role": "user", "content": "hello"}]
@@ -145,3 +145,29 @@ async def test_a_money_budget_refuses_before_the_provider_is_called_and_settles_
     assert unpriced.status_code == 403
     assert unpriced.json()["error"]["code"] == "model_unpriced"
     assert "unpriced" in unpriced.json()["error"]["message"]
+
+
+async def test_a_money_budget_is_shared_by_two_instances_on_one_redis(
+    tmp_path: Path, client: httpx.AsyncClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("ANTHROPIC_API_KEY", "sk-test")
+    async with FakeAnthropic() as fake, redis_prefix() as prefix:
+        config = settings(
+            tmp_path,
+            fake.base_url,
+            limits_public="daily_usd=0.015",
+            redis_url=REDIS_URL,
+            redis_prefix=prefix,
+        )
+        async with serve(config) as one, serve(config) as two:
+            body = {"messages": ASK, "model": "own", "max_tokens": 1000}
+            fake.enqueue(Scenario(deltas=["Hi"], input_tokens=2, output_tokens=600))
+            first = await stream_chat(client, one, body)  # $0.006004 spent
+            requests = len(fake.requests)
+            # A worst case of ~$0.01 fits the budget, but not the $0.009 the other one left.
+            refused = await client.post(f"{two}/ai/stream/chat", json=body)
+            assert len(fake.requests) == requests
+            left = (await client.get(f"{two}/me")).json()["limits"]["daily_usd"]
+    assert first.status == 200
+    assert refused.status_code == 429 and refused.headers["x-ratelimit-scope"] == "daily_usd"
+    assert left["spent"] == pytest.approx(0.006004)
