@@ -68,7 +68,12 @@ async def test_without_an_id_a_conversation_is_created_and_both_turns_stored(
     assert reply["role"] == "assistant" and reply["content"] == "Hi there"
     assert reply["end_reason"] == "completed" and reply["stop_reason"] == "end_turn"
     assert reply["model"] == "claude-sonnet-5-5"
-    assert reply["usage"] == {"input_tokens": 9, "output_tokens": 2, "estimated": False}
+    assert reply["usage"] == {
+        "input_tokens": 9,
+        "output_tokens": 2,
+        "estimated": False,
+        "cost_usd": None,
+    }
     assert reply["ttft_ms"] is not None and reply["duration_ms"] >= reply["ttft_ms"]
     assert reply["stream_id"] == result.headers["x-stream-id"]
 
@@ -339,6 +344,8 @@ async def test_usage_sums_tokens_by_model_and_by_day(
         "cache_read_tokens": 0,
         "cache_write_tokens": 0,
         "estimated_messages": 0,
+        "cost_usd": None,  # no price known for this id: unknown, not 0
+        "unpriced_messages": 2,
     }
     assert by_day["data"][0]["day"] == today
     assert by_day["total"]["messages"] == 3
@@ -378,7 +385,7 @@ async def test_a_reply_without_upstream_usage_is_estimated_and_flagged(
             result = await stream_chat(client, url, {"messages": [user("y" * 80)]})
             stored = await conversation(client, url, result.headers["x-conversation-id"])
     usage = stored["messages"][1]["usage"]
-    assert usage == {"input_tokens": 20, "output_tokens": 10, "estimated": True}
+    assert usage == {"input_tokens": 20, "output_tokens": 10, "estimated": True, "cost_usd": None}
     assert json.loads(json.dumps(result.named("end")))["usage"]["output_tokens"] is None
 
 

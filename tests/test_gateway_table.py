@@ -2,9 +2,10 @@
 arguments, parallel tool calls, a mid-stream error}, asserting what the client receives.
 
 Each surface is read by the client its users run: the seed's SSE frames with httpx, the
-official `openai` SDK (Chat Completions, and the Responses API's events) and the official `anthropic`
-SDK. Each provider kind is behind chatrelay as it is in production: the Anthropic API and an
-OpenAI-compatible server as loopback fakes speaking their wire formats, and the mock.
+official `openai` SDK (Chat Completions, and the Responses API's events) and the official
+`anthropic` SDK. Each provider kind is behind chatrelay as it is in production: the
+Anthropic API and an OpenAI-compatible server as loopback fakes speaking their wire formats,
+and the mock.
 """
 
 from __future__ import annotations

@@ -296,7 +296,7 @@ def check_json(exported: Done, seeded: Seeded) -> None:
         assert reply["end_reason"] == "completed"
         assert reply["model"] == "mock"
         usage = reply["usage"]
-        assert set(usage) == {"input_tokens", "output_tokens", "estimated"}
+        assert set(usage) == {"input_tokens", "output_tokens", "estimated", "cost_usd"}
         assert isinstance(usage["input_tokens"], int) and usage["input_tokens"] > 0
         assert isinstance(usage["output_tokens"], int) and usage["output_tokens"] > 0
     # The second turn was sent with the first as history: it cost more input.
@@ -427,3 +427,22 @@ async def test_a_password_in_database_url_is_never_shown(tmp_path: Path) -> None
         assert "cannot use the database" in result.stderr or "migrate" in result.stderr, (
             result.stderr
         )
+
+
+async def test_usage_prints_a_table_of_the_stored_replies_with_a_total(seeded: Seeded) -> None:
+    by_model, by_day, bad = await asyncio.gather(
+        run(seeded, "usage"),
+        run(seeded, "usage", "--group-by", "day", "--from", "2020-01-01"),
+        run(seeded, "usage", "--from", "yesterday"),
+    )
+    assert by_model.returncode == 0, by_model.stderr
+    lines = by_model.stdout.splitlines()
+    assert lines[0].split() == [
+        "model", "messages", "input", "output", "cache_read", "cache_write", "cost_usd"
+    ]  # fmt: skip
+    assert lines[1].split()[:2] == ["mock", "3"]
+    # The mock has no price: its cost is unknown, and the table says how many replies lack one.
+    assert lines[1].endswith("- (3 unpriced)")
+    assert lines[-1].split()[:2] == ["total", "3"]
+    assert by_day.returncode == 0 and by_day.stdout.splitlines()[0].startswith("day")
+    assert bad.returncode != 0 and "--from" in bad.stderr

@@ -215,6 +215,7 @@ async def test_end_turn_stores_every_reply_field_and_keeps_seq_contiguous(store:
         input_tokens=123,
         output_tokens=45,
         usage_estimated=True,
+        cost_usd=0.001044,
         ttft_ms=250,
         duration_ms=1500,
         thinking="Let me think about it.",
@@ -637,6 +638,8 @@ async def test_usage_by_model_and_by_day_within_bounds(store: Store, clock: Cloc
             "cache_read_tokens": 0,
             "cache_write_tokens": 0,
             "estimated_messages": e,
+            "cost_usd": None,
+            "unpriced_messages": messages,
         }
 
     assert await store.usage("alice", None, None, "model") == [

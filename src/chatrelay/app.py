@@ -28,6 +28,7 @@ from .logs import hide_secrets
 from .metrics import Metrics
 from .models import models_config
 from .outages import storage_outage
+from .prices import Prices
 from .quotas import Limits, MemoryCounters, Quotas, RedisCounters
 from .relay import Relay, RetryPolicy
 from .routes import chat, conversations, health, me, messages, openai, page, responses, streams
@@ -63,6 +64,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings.check()
     # Everything that can be wrong with the configuration is found now, before listening.
     models = models_config(settings)
+    prices = Prices.packaged()  # the default prices (prices.toml), read now, not at import
     hide_secrets(*models.keys.values())
     if settings.jwt_secret is not None:
         hide_secrets(settings.jwt_secret.get_secret_value())
@@ -187,6 +189,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 quotas,
                 metrics,
                 hub,
+                prices,
             )
             app.state.services = Services(
                 settings=settings,

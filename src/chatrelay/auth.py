@@ -142,6 +142,8 @@ class Authenticator:
             tpm=record.tpm,
             daily_tokens=record.daily_tokens,
             concurrency=record.concurrency,
+            daily_usd=record.daily_usd,
+            monthly_usd=record.monthly_usd,
         )
         return Principal(f"key:{record.id}", "api_key", record.admin, limits, record.name)
 

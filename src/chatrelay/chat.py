@@ -23,7 +23,14 @@ import orjson
 
 from .context import request_id
 from .conversations import Conversations, Turn
-from .errors import ChatRelayError, FieldProblem, InvalidField, ServerRestarting, Unsupported
+from .errors import (
+    ChatRelayError,
+    FieldProblem,
+    InvalidField,
+    ModelUnpriced,
+    ServerRestarting,
+    Unsupported,
+)
 from .events import (
     Answering,
     End,
@@ -41,6 +48,7 @@ from .events import (
 from .jobs import RunningJobs
 from .metrics import Metrics
 from .models import ModelSpec
+from .prices import Price, Prices, micro_usd
 from .principals import Principal
 from .providers import ChatParams
 from .quotas import Admission, Limits, Quotas
@@ -152,6 +160,8 @@ class ChatJob:
     owner: str | None = None
     # This instance's running non-streaming replies, which shutdown drains (jobs.py).
     running: RunningJobs | None = None
+    # What each model costs (prices.py): a reply's cost is its usage at its model's price.
+    prices: Prices | None = None
 
     @property
     def conversation_id(self) -> str | None:
@@ -186,15 +196,15 @@ class ChatJob:
         thinking: list[str] = []
         tools = ToolCalls()
         model = self.requested_model
+        answering = self.plan[0][0].spec  # the model that answers (the first, until told)
         end: End | None = None
-        concluded = False
+        concluded: Reply | None = None
         if self.turn is not None and self.conversations is not None:
             # Checkpointed as it grows: a crash leaves it stored as far as it got.
             self.conversations.watch(self.turn, self.stream_id, model, text, thinking)
 
         async def conclude() -> None:
             nonlocal concluded
-            concluded = True
             error = end.error if end else None
             outcome = (
                 (cut() or "disconnected") if end is None else "error" if error else "completed"
@@ -212,7 +222,9 @@ class ChatJob:
                 thinking="".join(thinking) or None,
                 tool_calls=tools.calls(),
             )
+            concluded = reply
             self._count_tokens(reply, end.usage if end else None, tools.chars())
+            reply.cost_usd = self._cost(reply, answering)
             self._log_end(reply, end)
             # Shielded: a Stop or a disconnect arriving now must not cut the bookkeeping short
             # (the reply unsaved, the conversation left locked, the quota unsettled).
@@ -237,15 +249,20 @@ class ChatJob:
                         tools.add(event)
                         self.deltas += 1
                     elif isinstance(event, Answering):
-                        model = event.spec.alias
+                        model, answering = event.spec.alias, event.spec
                     else:
                         end = event
                         # Stored before its end is told: whoever reads `[DONE]` (or /ai/chat's
                         # answer) and then the conversation finds the reply in it.
                         await self._to_its_end(conclude())
+                        cost = concluded.cost_usd if concluded is not None else None
+                        if end.usage is not None and cost is not None:
+                            # The end's usage says what the reply cost (the `end` frame's).
+                            usage = dataclasses.replace(end.usage, cost_usd=cost)
+                            event = dataclasses.replace(end, usage=usage)
                     yield event
         finally:
-            if not concluded:
+            if concluded is None:
                 await conclude()
 
     async def _to_its_end(self, work: Awaitable[None]) -> None:
@@ -280,7 +297,23 @@ class ChatJob:
             input_tokens=0,
             output_tokens=0,
         )
+        reply.cost_usd = self._cost(reply, self.plan[0][0].spec)
         await self._finish(reply)
+
+    def price(self, spec: ModelSpec) -> Price | None:
+        return self.prices.of(spec) if self.prices is not None else spec.price
+
+    def _cost(self, reply: Reply, spec: ModelSpec) -> float | None:
+        """The reply's cost from its usage at the price of the model that answered."""
+        price = self.price(spec)
+        if price is None:
+            return None
+        return price.cost(
+            reply.input_tokens or 0,
+            reply.output_tokens or 0,
+            reply.cache_read_tokens,
+            reply.cache_write_tokens,
+        )
 
     async def _finish(self, reply: Reply) -> None:
         for finish in self.finishers:
@@ -328,6 +361,7 @@ class ChatJob:
                 "input_tokens": reply.input_tokens,
                 "output_tokens": reply.output_tokens,
                 "usage_estimated": reply.usage_estimated,
+                "cost_usd": reply.cost_usd,
             },
         )
 
@@ -439,8 +473,10 @@ class ChatService:
         quotas: Quotas | None = None,
         metrics: Metrics | None = None,
         hub: StreamHub | None = None,
+        prices: Prices | None = None,
     ) -> None:
         self.router = router
+        self.prices = prices if prices is not None else Prices.packaged()
         self.relay = relay
         self.limits = limits
         self.conversations = conversations
@@ -528,7 +564,13 @@ class ChatService:
             warnings=warnings,
             owner=principal.id,
             running=self.running,
+            prices=self.prices,
         )
+        if principal.limits.counts_money:
+            # Spend that could not be counted must not slip past a budget in dollars.
+            for target, _ in plan:
+                if job.price(target.spec) is None:
+                    raise ModelUnpriced(target.spec.alias, target.spec.model)
         if self.metrics is not None:
             job.finishers.append(lambda reply: self._observe(reply, job))
         # The reservation counts what will be sent upstream: with a conversation, that is known
@@ -536,7 +578,7 @@ class ChatService:
         admitted: list[Admission] = []
 
         async def admit(upstream: list[dict[str, Any]]) -> None:
-            admission = await self._admit(principal, params, upstream, job.stream_id)
+            admission = await self._admit(principal, job, params, upstream)
             if admission is not None:
                 admitted.append(admission)
 
@@ -569,7 +611,9 @@ class ChatService:
             quotas = self.quotas
             job.finishers.append(
                 lambda reply: quotas.settle(
-                    admission, (reply.input_tokens or 0) + (reply.output_tokens or 0)
+                    admission,
+                    (reply.input_tokens or 0) + (reply.output_tokens or 0),
+                    micro_usd(reply.cost_usd) if reply.cost_usd is not None else None,
                 )
             )
         return job
@@ -607,19 +651,29 @@ class ChatService:
     async def _admit(
         self,
         principal: Principal,
+        job: ChatJob,
         params: ChatParams,
         upstream: list[dict[str, Any]],
-        stream_id: str,
     ) -> Admission | None:
         limits = principal.limits
         if self.quotas is None or limits == Limits():
             return None
         # Reserve what the request may cost at most: its whole upstream input (system prompt,
-        # stored history, new messages) and all of max_tokens.
+        # stored history, new messages) and all of max_tokens; in money, that at the prices
+        # of the dearest model of its plan (a fallback may answer), with no cache discount.
         reserve = 0
+        estimate = input_tokens(params.system, upstream)
         if limits.counts_tokens:
-            reserve = input_tokens(params.system, upstream) + params.max_tokens
-        return await self.quotas.admit(principal.id, limits, reserve, stream_id)
+            reserve = estimate + params.max_tokens
+        dollars = 0
+        if limits.counts_money:
+            worst = (
+                price.worst_case(estimate, target_params.max_tokens)
+                for target, target_params in job.plan
+                if (price := job.price(target.spec)) is not None
+            )
+            dollars = micro_usd(max(worst, default=0.0))
+        return await self.quotas.admit(principal.id, limits, reserve, job.stream_id, dollars)
 
     def _params(self, request: ChatRequest, spec: ModelSpec) -> ChatParams:
         sampling = spec.accepts_sampling and not request.thinking

@@ -185,6 +185,12 @@ def keys() -> None:
 @click.option("--tpm", type=click.IntRange(1), help="Tokens per minute.")
 @click.option("--daily-tokens", type=click.IntRange(1), help="Tokens per UTC day.")
 @click.option("--concurrency", type=click.IntRange(1), help="Streams at once.")
+@click.option(
+    "--daily-usd", type=click.FloatRange(0, max_open=True), help="US dollars per UTC day."
+)
+@click.option(
+    "--monthly-usd", type=click.FloatRange(0, max_open=True), help="US dollars per UTC month."
+)
 def keys_create(
     name: str,
     admin: bool,
@@ -192,13 +198,22 @@ def keys_create(
     tpm: int | None,
     daily_tokens: int | None,
     concurrency: int | None,
+    daily_usd: float | None,
+    monthly_usd: float | None,
 ) -> None:
     """Create a key and print it: it cannot be shown again."""
     from .keys import ApiKeys
 
     async def work(store: Store) -> tuple[str, str]:
         key, row = await ApiKeys(store.engine).create(
-            name, admin=admin, rpm=rpm, tpm=tpm, daily_tokens=daily_tokens, concurrency=concurrency
+            name,
+            admin=admin,
+            rpm=rpm,
+            tpm=tpm,
+            daily_tokens=daily_tokens,
+            concurrency=concurrency,
+            daily_usd=daily_usd,
+            monthly_usd=monthly_usd,
         )
         return key, row.id
 
@@ -222,7 +237,7 @@ def keys_list() -> None:
     for row in rows:
         limits = " ".join(
             f"{name}={value}"
-            for name in ("rpm", "tpm", "daily_tokens", "concurrency")
+            for name in ("rpm", "tpm", "daily_tokens", "concurrency", "daily_usd", "monthly_usd")
             if (value := getattr(row, name)) is not None
         )
         used = row.last_used_at.strftime("%Y-%m-%d %H:%M") if row.last_used_at else "never"
@@ -274,6 +289,74 @@ def conversations_list(owner: str | None, limit: int) -> None:
             f"{conversation.id}  {when}  {conversation.owner:<12}  {messages:>12}"
             f"  {conversation.title}"
         )
+
+
+@main.command()
+@click.option(
+    "--group-by",
+    type=click.Choice(["model", "day", "key", "user"]),
+    default="model",
+    show_default=True,
+)
+@click.option("--from", "start", help="From this date (2026-11-24) or ISO 8601 time, UTC.")
+@click.option("--to", "end", help="Up to this date (included) or time.")
+@click.option("--owner", default=None, help="Only this owner's replies (default: all).")
+def usage(group_by: str, start: str | None, end: str | None, owner: str | None) -> None:
+    """Tokens and cost of stored replies, summed (as GET /usage, from DATABASE_URL)."""
+    from .errors import InvalidField
+    from .routes.conversations import _bound, totals
+
+    try:
+        bounds = _bound(start, "from", False), _bound(end, "to", True)
+    except InvalidField as exc:
+        raise click.ClickException(
+            f"--{exc.problems[0].field}: {exc.problems[0].message}"
+        ) from None
+
+    async def work(store: Store) -> list[dict[str, Any]]:
+        return await store.usage(owner, bounds[0], bounds[1], group_by)
+
+    rows = _run(work)
+    if not rows:
+        click.echo("no usage", err=True)
+        return
+    head = (group_by, "messages", "input", "output", "cache_read", "cache_write", "cost_usd")
+    lines = [
+        (
+            str(row[group_by]),
+            str(row["messages"]),
+            str(row["input_tokens"]),
+            str(row["output_tokens"]),
+            str(row["cache_read_tokens"]),
+            str(row["cache_write_tokens"]),
+            _dollars(row["cost_usd"], row["unpriced_messages"]),
+        )
+        for row in rows
+    ]
+    total = totals(rows)
+    lines.append(
+        (
+            "total",
+            str(total["messages"]),
+            str(total["input_tokens"]),
+            str(total["output_tokens"]),
+            str(total["cache_read_tokens"]),
+            str(total["cache_write_tokens"]),
+            _dollars(total["cost_usd"], total["unpriced_messages"]),
+        )
+    )
+    widths = [max(len(line[i]) for line in (head, *lines)) for i in range(len(head))]
+    for line in (head, *lines):
+        cells = [line[0].ljust(widths[0])] + [
+            c.rjust(w) for c, w in zip(line[1:], widths[1:], strict=True)
+        ]
+        click.echo("  ".join(cells).rstrip())
+
+
+def _dollars(cost: float | None, unpriced: int) -> str:
+    """A cost, and how many replies it leaves out for want of a price."""
+    shown = "-" if cost is None else f"{cost:.6f}"
+    return f"{shown} ({unpriced} unpriced)" if unpriced else shown
 
 
 def _load(conversation_id: str) -> Conversation:

@@ -166,6 +166,41 @@ class OverLimit(RequestError):
         ]
 
 
+class OverBudget(RequestError):
+    """A request whose worst-case cost is more than a whole money budget of its caller."""
+
+    code = "request_over_limit"
+    status = 422
+
+    def __init__(self, name: str, budget: float, cost: float) -> None:
+        super().__init__(
+            f"This request may cost up to ${cost:.4f} (its input plus max_tokens at the"
+            f" model's prices), more than your {name} budget of ${budget:.2f}: lower"
+            " max_tokens or send less"
+        )
+        self.problems = [
+            FieldProblem(
+                "max_tokens", f"{name} is ${budget:.2f}; this request may cost ${cost:.4f}"
+            )
+        ]
+
+
+class ModelUnpriced(RequestError):
+    """A caller with a budget in money asked for a model whose price is not known: its
+    spend could not be counted, so it is refused rather than let through uncounted."""
+
+    code = "model_unpriced"
+    status = 403
+
+    def __init__(self, alias: str, model: str) -> None:
+        super().__init__(
+            f"Model {alias!r} ({model}) has no known price, and your limits include a budget in"
+            " dollars: its cost could not be counted. Choose a priced model, or ask the"
+            f" operator to give [models.{alias}] a price in the models file"
+        )
+        self.problems = [FieldProblem("model", self.message)]
+
+
 class UnknownModel(RequestError):
     """The requested model is not one of the configured aliases, nor matched by a pattern."""
 
@@ -262,6 +297,8 @@ class LimitExceeded(RequestError):
     status = 429
     retry_after: float
 
+    limit: float
+
     def __init__(self, name: str, limit: int, reset_s: float) -> None:
         super().__init__(
             f"Limit reached: {name} is {limit}; try again in {max(1, round(reset_s))} s"
@@ -279,6 +316,22 @@ class LimitExceeded(RequestError):
             "x-ratelimit-reset": reset,
             "x-ratelimit-scope": self.limit_name,
         }
+
+
+class BudgetExceeded(LimitExceeded):
+    """A budget in dollars (`daily_usd`, `monthly_usd`) would be passed by this request's
+    worst-case cost; it resets with its UTC day or month."""
+
+    def __init__(self, name: str, budget: float, spent: float, reset_s: float) -> None:
+        RequestError.__init__(
+            self,
+            f"Budget reached: your {name} budget is ${budget:.2f} and ${spent:.4f} of it is"
+            " spent or reserved by replies running now, too little left for this request's"
+            f" worst case; it resets in {max(1, round(reset_s))} s",
+        )
+        self.limit_name = name
+        self.limit = budget
+        self.retry_after = reset_s
 
 
 class ConversationBusy(RequestError):

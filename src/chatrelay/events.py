@@ -72,6 +72,9 @@ class Usage:
     cache_read_tokens: int | None = None
     cache_write_tokens: int | None = None
     reasoning_tokens: int | None = None
+    # What the reply cost in US dollars (prices.py), set by the chat service when the reply
+    # ends; None: not known (not yet, or the model has no price).
+    cost_usd: float | None = None
 
 
 @dataclass(slots=True, frozen=True)
@@ -170,6 +173,7 @@ class Reply:
     cache_read_tokens: int | None = None  # of input_tokens
     cache_write_tokens: int | None = None  # of input_tokens
     usage_estimated: bool = False
+    cost_usd: float | None = None  # from its usage at its model's price; None: no price
     ttft_ms: int | None = None
     duration_ms: int | None = None
     thinking: str | None = None

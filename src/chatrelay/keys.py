@@ -38,6 +38,8 @@ class KeyRecord:
     tpm: int | None
     daily_tokens: int | None
     concurrency: int | None
+    daily_usd: float | None = None
+    monthly_usd: float | None = None
 
 
 class ApiKeys:
@@ -59,6 +61,8 @@ class ApiKeys:
         tpm: int | None = None,
         daily_tokens: int | None = None,
         concurrency: int | None = None,
+        daily_usd: float | None = None,
+        monthly_usd: float | None = None,
     ) -> tuple[str, ApiKey]:
         """A new key: returns the full key (shown once) and its row."""
         key_id = secrets.token_hex(6)
@@ -72,6 +76,8 @@ class ApiKeys:
             tpm=tpm,
             daily_tokens=daily_tokens,
             concurrency=concurrency,
+            daily_usd=daily_usd,
+            monthly_usd=monthly_usd,
             created_at=now(),
         )
         async with self._session.begin() as session:
@@ -109,7 +115,15 @@ class ApiKeys:
             return None
         await self._touch(key_id)
         return KeyRecord(
-            row.id, row.name, row.admin, row.rpm, row.tpm, row.daily_tokens, row.concurrency
+            row.id,
+            row.name,
+            row.admin,
+            row.rpm,
+            row.tpm,
+            row.daily_tokens,
+            row.concurrency,
+            row.daily_usd,
+            row.monthly_usd,
         )
 
     async def _row(self, key_id: str) -> ApiKey | None:

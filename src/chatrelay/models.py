@@ -16,6 +16,7 @@ mock provider is always reachable as the alias `mock` (unless the file defines t
     provider = "openai"
     model = "llama3.2"
     base_url = "http://127.0.0.1:11434/v1"
+    price = { input = 0, output = 0 }   # USD per million tokens (prices.py)
 
 An alias with `*`, `?` or `[` in it is a pattern (an `fnmatch` glob, case-sensitive) that
 serves every id it matches, sending the requested id upstream unless it names a `model`:
@@ -46,6 +47,7 @@ from pydantic import BaseModel, ConfigDict, Field, SecretStr, ValidationError, m
 
 from . import catalog
 from .errors import ConfigError
+from .prices import Price
 from .settings import Settings
 
 ProviderKind = Literal["anthropic", "openai", "mock"]
@@ -83,6 +85,7 @@ class ModelSpec:
     cache_ttl: Literal["5m", "1h"] = "5m"
     fallbacks: tuple[str, ...] = ()
     pattern: str | None = None  # the pattern entry that serves this id; None: an exact alias
+    price: Price | None = None  # its own, per million tokens; None: prices.toml says, or unknown
 
     @property
     def entry(self) -> str:
@@ -111,6 +114,17 @@ class ModelSpec:
         return catalog.accepts_images(self.provider, self.model)
 
 
+class _FilePrice(BaseModel):
+    """US dollars per million tokens; cache prices left out bill the cache at `input`."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    input: float = Field(ge=0, allow_inf_nan=False)
+    output: float = Field(ge=0, allow_inf_nan=False)
+    cache_write: float | None = Field(None, ge=0, allow_inf_nan=False)
+    cache_read: float | None = Field(None, ge=0, allow_inf_nan=False)
+
+
 class _FileModel(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
@@ -125,6 +139,7 @@ class _FileModel(BaseModel):
     cache: Literal["auto", "off"] = "auto"
     cache_ttl: Literal["5m", "1h"] = "5m"
     fallbacks: list[str] = Field(default_factory=list)
+    price: _FilePrice | None = None
 
 
 class _File(BaseModel):
@@ -223,6 +238,14 @@ def load_models_file(path: Path) -> tuple[dict[str, ModelSpec], str | None]:
             cache=entry.cache,
             cache_ttl=entry.cache_ttl,
             fallbacks=tuple(entry.fallbacks),
+            price=Price(
+                entry.price.input,
+                entry.price.output,
+                entry.price.cache_write,
+                entry.price.cache_read,
+            )
+            if entry.price is not None
+            else None,
         )
         for alias, entry in parsed.models.items()
     }

@@ -1,10 +1,14 @@
 """Spending limits per principal: requests per minute, concurrent streams, tokens per minute
-and per day; counted in process memory, or in Redis so that every instance shares them.
+and per day, US dollars per day and per month; counted in process memory, or in Redis so that
+every instance shares them.
 
 Tokens are *reserved* when a request is admitted (its estimated input plus `max_tokens`), so a
 request that would go over the daily budget is refused before the upstream is called, and
 *settled* when its reply ends, from the real usage (a reply that stops early gives the
-unused reservation back). Windows are fixed: the UTC minute and the UTC day.
+unused reservation back). Money works the same way, counted in whole micro-dollars so the
+same integer counters serve: the reservation is the request's worst case at its model's
+price (prices.py), the settlement its real cost. Windows are fixed: the UTC minute, the UTC
+day and the UTC calendar month.
 
 Why not a rate-limit library: reservations that are later refunded, and concurrency that is
 released when a stream ends, are counters that go down as well as up; the common libraries
@@ -15,11 +19,30 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, fields
+from datetime import UTC, datetime
 from typing import Any, Protocol
 
-from .errors import ConfigError, LimitExceeded, OverLimit
+from .errors import BudgetExceeded, ConfigError, LimitExceeded, OverBudget, OverLimit
+from .prices import MICRO
 
 DAY_S = 86_400
+MONTH_TTL_S = 32 * DAY_S
+MONEY = frozenset({"daily_usd", "monthly_usd"})
+
+
+def _month(clock: float) -> tuple[int, float]:
+    """The UTC calendar month as a number (year * 12 + month), and the seconds to its end."""
+    now = datetime.fromtimestamp(clock, UTC)
+    following = datetime(now.year + now.month // 12, now.month % 12 + 1, 1, tzinfo=UTC)
+    return now.year * 12 + now.month - 1, following.timestamp() - clock
+
+
+def _number(text: str) -> float | None:
+    try:
+        value = float(text)
+    except ValueError:
+        return None
+    return value if value >= 0 and value != float("inf") else None
 
 
 @dataclass(frozen=True, slots=True)
@@ -30,23 +53,27 @@ class Limits:
     concurrency: int | None = None
     tpm: int | None = None
     daily_tokens: int | None = None
+    daily_usd: float | None = None  # US dollars per UTC day
+    monthly_usd: float | None = None  # US dollars per UTC calendar month
 
     @classmethod
     def parse(cls, text: str, setting: str) -> Limits:
-        """`rpm=60,concurrency=5,tpm=100000,daily_tokens=1000000` (any subset)."""
-        values: dict[str, int] = {}
+        """`rpm=60,concurrency=5,tpm=100000,daily_tokens=1000000,daily_usd=5,monthly_usd=50`
+        (any subset); the budgets in dollars may have decimals."""
+        values: dict[str, float] = {}
         names = {f.name for f in fields(cls)}
         for part in filter(None, (p.strip() for p in text.split(","))):
             name, _, number = part.partition("=")
-            name = name.strip()
-            if name not in names or not number.strip().isdigit():
+            name, number = name.strip(), number.strip()
+            value = _number(number) if name in MONEY else int(number) if number.isdigit() else None
+            if name not in names or value is None:
                 raise ConfigError(
                     f"{setting}: {part!r} is not one of {', '.join(sorted(names))} = a number"
                 )
-            values[name] = int(number)
-        return cls(**values)
+            values[name] = value
+        return cls(**values)  # type: ignore[arg-type]
 
-    def override(self, **values: int | None) -> Limits:
+    def override(self, **values: float | None) -> Limits:
         """These limits, with the given ones replaced where they are set."""
         current = {f.name: getattr(self, f.name) for f in fields(self)}
         current.update({k: v for k, v in values.items() if v is not None})
@@ -55,6 +82,10 @@ class Limits:
     @property
     def counts_tokens(self) -> bool:
         return self.tpm is not None or self.daily_tokens is not None
+
+    @property
+    def counts_money(self) -> bool:
+        return self.daily_usd is not None or self.monthly_usd is not None
 
 
 class Counters(Protocol):
@@ -198,7 +229,8 @@ class RedisCounters:
 
 @dataclass(slots=True)
 class Admission:
-    """What one admitted request holds: its token reservation and its stream slot."""
+    """What one admitted request holds: its token and money reservations and its stream
+    slot."""
 
     principal: str
     limits: Limits
@@ -207,6 +239,8 @@ class Admission:
     day: int
     stream_id: str
     settled: bool = False
+    reserved_micro_usd: int = 0
+    month: int = 0
 
 
 class Quotas:
@@ -220,17 +254,29 @@ class Quotas:
     def _key(self, principal: str, what: str) -> str:
         return f"{self._prefix}:q:{principal}:{what}"
 
-    async def admit(self, principal: str, limits: Limits, tokens: int, stream_id: str) -> Admission:
-        """Count the request, reserve its tokens and a stream slot, or raise LimitExceeded
-        (or OverLimit for a request that could never fit, however long it waited)."""
+    async def admit(
+        self,
+        principal: str,
+        limits: Limits,
+        tokens: int,
+        stream_id: str,
+        micro_usd: int = 0,
+    ) -> Admission:
+        """Count the request, reserve its tokens, its worst-case cost (`micro_usd`) and a
+        stream slot, or raise LimitExceeded (or OverLimit for a request that could never fit,
+        however long it waited)."""
         for name, limit in (
             ("tokens_per_minute", limits.tpm),
             ("tokens_per_day", limits.daily_tokens),
         ):
             if limit is not None and tokens > limit:
                 raise OverLimit(name, limit, tokens)
+        for name, budget in (("daily_usd", limits.daily_usd), ("monthly_usd", limits.monthly_usd)):
+            if budget is not None and micro_usd > round(budget * MICRO):
+                raise OverBudget(name, budget, micro_usd / MICRO)
         clock = time.time()
         minute, day = int(clock // 60), int(clock // DAY_S)
+        month, to_month = _month(clock)
         to_minute, to_day = 60 - clock % 60, DAY_S - clock % DAY_S
         add = self._counters.add
         rpm_key = self._key(principal, f"rpm:{minute}")
@@ -248,6 +294,17 @@ class Quotas:
                 undo.append((key, -tokens))
                 if await add(key, tokens, 2 * DAY_S) > limits.daily_tokens:
                     raise LimitExceeded("tokens_per_day", limits.daily_tokens, to_day)
+            for name, budget, window, ttl, reset in (
+                ("daily_usd", limits.daily_usd, f"usd_day:{day}", 2 * DAY_S, to_day),
+                ("monthly_usd", limits.monthly_usd, f"usd_month:{month}", MONTH_TTL_S, to_month),
+            ):
+                if budget is None:
+                    continue
+                key = self._key(principal, window)
+                undo.append((key, -micro_usd))
+                spent = await add(key, micro_usd, ttl)
+                if spent > round(budget * MICRO):
+                    raise BudgetExceeded(name, budget, (spent - micro_usd) / MICRO, reset)
             if limits.concurrency is not None:
                 joined = await self._counters.join(
                     self._key(principal, "streams"), stream_id, limits.concurrency, self._stale
@@ -258,15 +315,27 @@ class Quotas:
             for key, amount in undo:
                 await add(key, amount, 2 * DAY_S)
             raise
-        return Admission(principal, limits, tokens, minute, day, stream_id)
+        return Admission(principal, limits, tokens, minute, day, stream_id, False, micro_usd, month)
 
-    async def settle(self, admission: Admission, used_tokens: int) -> None:
-        """Replace the reservation by the real usage and free the stream slot (once)."""
+    async def settle(
+        self, admission: Admission, used_tokens: int, used_micro_usd: int | None = None
+    ) -> None:
+        """Replace the reservations by the real usage and cost and free the stream slot
+        (once). `used_micro_usd` None (the cost is not known) keeps the money reserved."""
         if admission.settled:
             return
         admission.settled = True
         delta = used_tokens - admission.reserved
         limits, principal = admission.limits, admission.principal
+        spent = admission.reserved_micro_usd if used_micro_usd is None else used_micro_usd
+        if spent != admission.reserved_micro_usd:
+            change = spent - admission.reserved_micro_usd
+            if limits.daily_usd is not None:
+                key = self._key(principal, f"usd_day:{admission.day}")
+                await self._counters.add(key, change, 2 * DAY_S)
+            if limits.monthly_usd is not None:
+                key = self._key(principal, f"usd_month:{admission.month}")
+                await self._counters.add(key, change, MONTH_TTL_S)
         if limits.tpm is not None and delta:
             await self._counters.add(self._key(principal, f"tpm:{admission.minute}"), delta, 120)
         if limits.daily_tokens is not None and delta:
@@ -276,10 +345,26 @@ class Quotas:
             await self._counters.leave(self._key(principal, "streams"), admission.stream_id)
 
     async def status(self, principal: str, limits: Limits) -> dict[str, Any]:
-        """Each limit with what is left of it now, for `GET /me`."""
+        """Each limit with what is left of it now, for `GET /me`; the budgets in dollars."""
         clock = time.time()
         minute, day = int(clock // 60), int(clock // DAY_S)
+        month, to_month = _month(clock)
         value = self._counters.value
+        money: dict[str, Any] = {}
+        for name, budget, window, reset in (
+            ("daily_usd", limits.daily_usd, f"usd_day:{day}", DAY_S - clock % DAY_S),
+            ("monthly_usd", limits.monthly_usd, f"usd_month:{month}", to_month),
+        ):
+            if budget is None:
+                money[name] = None
+                continue
+            spent = await value(self._key(principal, window)) / MICRO
+            money[name] = {
+                "limit": budget,
+                "spent": round(spent, 6),
+                "remaining": round(max(0.0, budget - spent), 6),
+                "reset_s": round(reset),
+            }
         used = {
             "requests_per_minute": (
                 limits.rpm,
@@ -307,4 +392,4 @@ class Quotas:
             if limit is None
             else {"limit": limit, "remaining": max(0, limit - count), "reset_s": round(reset)}
             for name, (limit, count, reset) in used.items()
-        }
+        } | money

@@ -513,6 +513,7 @@ class Store:
             "cache_read_tokens": reply.cache_read_tokens,
             "cache_write_tokens": reply.cache_write_tokens,
             "usage_estimated": reply.usage_estimated,
+            "cost_usd": reply.cost_usd,
             "ttft_ms": reply.ttft_ms,
             "duration_ms": reply.duration_ms,
             "thinking": reply.thinking,
@@ -613,10 +614,14 @@ class Store:
         end: datetime | None,
         group_by: str,
     ) -> list[dict[str, Any]]:
-        """Summed tokens of assistant turns, by model or by day (UTC); the cache counts are
-        parts of the input tokens."""
+        """Summed tokens and cost of assistant turns, by model, day (UTC), API key (`key:`
+        owners) or user (`user:` owners); the cache counts are parts of the input tokens. A
+        group's cost is None when none of its replies has a known cost."""
+        prefix = {"key": "key:", "user": "user:"}.get(group_by)
         if group_by == "model":
             key: Any = Message.model
+        elif prefix is not None:
+            key = Conversation.owner
         elif self.engine.dialect.name == "sqlite":
             key = func.strftime("%Y-%m-%d", Message.created_at)
         else:
@@ -632,6 +637,8 @@ class Store:
                 func.coalesce(func.sum(cast(Message.usage_estimated, Integer)), 0).label(
                     "estimated"
                 ),
+                func.sum(Message.cost_usd).label("cost"),
+                (func.count() - func.count(Message.cost_usd)).label("unpriced"),
             )
             .join(Conversation, Conversation.id == Message.conversation_id)
             .where(Message.role == "assistant")
@@ -640,6 +647,8 @@ class Store:
         )
         if owner is not None:
             query = query.where(Conversation.owner == owner)
+        if prefix is not None:
+            query = query.where(Conversation.owner.startswith(prefix, autoescape=True))
         if start is not None:
             query = query.where(Message.created_at >= start)
         if end is not None:
@@ -648,13 +657,15 @@ class Store:
             rows = (await session.execute(query)).all()
         return [
             {
-                group_by: row.key,
+                group_by: row.key.removeprefix(prefix) if prefix else row.key,
                 "messages": row.messages,
                 "input_tokens": int(row.input_tokens),
                 "output_tokens": int(row.output_tokens),
                 "cache_read_tokens": int(row.cache_read),
                 "cache_write_tokens": int(row.cache_write),
                 "estimated_messages": int(row.estimated),
+                "cost_usd": None if row.cost is None else round(float(row.cost), 9),
+                "unpriced_messages": int(row.unpriced),
             }
             for row in rows
         ]
@@ -771,6 +782,7 @@ _REPLY_FIELDS = (
     "cache_read_tokens",
     "cache_write_tokens",
     "usage_estimated",
+    "cost_usd",
     "ttft_ms",
     "duration_ms",
     "thinking",

@@ -158,6 +158,7 @@ def _usage(message: Message) -> dict[str, Any]:
         "input_tokens": message.input_tokens,
         "output_tokens": message.output_tokens,
         "estimated": message.usage_estimated,
+        "cost_usd": message.cost_usd,  # None: its model has no price (or before 0007)
     }
     for name in ("cache_read_tokens", "cache_write_tokens"):
         if (value := getattr(message, name)) is not None:
@@ -165,17 +166,23 @@ def _usage(message: Message) -> dict[str, Any]:
     return usage
 
 
-@router.get("/usage", summary="Tokens used, summed by model or by day")
+@router.get("/usage", summary="Tokens and cost, summed by model, day, API key or user")
 async def usage(
     request: Request,
     start: Annotated[str | None, Query(alias="from")] = None,
     end: Annotated[str | None, Query(alias="to")] = None,
-    group_by: Literal["model", "day"] = "model",
+    group_by: Literal["model", "day", "key", "user"] = "model",
 ) -> dict[str, Any]:
     rows = await _store(request).usage(
         principal_of(request).scope, _bound(start, "from", False), _bound(end, "to", True), group_by
     )
-    total = {
+    return {"group_by": group_by, "from": start, "to": end, "data": rows, "total": totals(rows)}
+
+
+def totals(rows: list[dict[str, Any]]) -> dict[str, Any]:
+    """The rows summed; the cost None when no row has one (unknown, not zero)."""
+    costs = [row["cost_usd"] for row in rows if row["cost_usd"] is not None]
+    total: dict[str, Any] = {
         key: sum(row[key] for row in rows)
         for key in (
             "messages",
@@ -184,6 +191,8 @@ async def usage(
             "cache_read_tokens",
             "cache_write_tokens",
             "estimated_messages",
+            "unpriced_messages",
         )
     }
-    return {"group_by": group_by, "from": start, "to": end, "data": rows, "total": total}
+    total["cost_usd"] = round(sum(costs), 9) if costs else None
+    return total

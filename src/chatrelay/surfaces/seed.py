@@ -66,14 +66,15 @@ def parse(body: bytes) -> ChatRequest:
     return parse_chat_request(body)
 
 
-def usage_dict(usage: Usage | None) -> dict[str, int | None]:
-    """Input and output tokens; the prompt cache's and the reasoning's shares when counted."""
-    counts = {
+def usage_dict(usage: Usage | None) -> dict[str, int | float | None]:
+    """Input and output tokens; the prompt cache's and the reasoning's shares when counted;
+    the reply's cost in US dollars when its model has a price (prices.py)."""
+    counts: dict[str, int | float | None] = {
         "input_tokens": usage.input_tokens if usage else None,
         "output_tokens": usage.output_tokens if usage else None,
     }
     if usage is not None:
-        for name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens"):
+        for name in ("cache_read_tokens", "cache_write_tokens", "reasoning_tokens", "cost_usd"):
             if (value := getattr(usage, name)) is not None:
                 counts[name] = value
     return counts
