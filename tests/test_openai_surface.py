@@ -621,6 +621,16 @@ async def test_an_unsupported_feature_is_a_400_naming_it(
 
 INVALID_TOOL_REQUESTS = [
     (
+        "tool_choice naming a function not offered",
+        {
+            "tools": [{"type": "function", "function": {"name": "f", "parameters": {}}}],
+            "tool_choice": {"type": "function", "function": {"name": "g"}},
+        },
+        "tool_choice",
+        "not one of `tools`",
+    ),
+    ("tool_choice required with no tools", {"tool_choice": "required"}, "tool_choice", "needs"),
+    (
         "tool result without its call's id",
         {
             "messages": [

@@ -39,6 +39,7 @@ from ..events import (
     Usage,
 )
 from ..schemas import NO_USER_MESSAGE, ChatRequest, problems_from, validate_json
+from . import tool_choice
 
 NAME = "openai"
 
@@ -169,8 +170,15 @@ def to_chat_request(request: OpenAIChatRequest) -> ChatRequest:
         "metadata": request.metadata,
         "conversation_id": (request.metadata or {}).get("conversation_id"),
         "tools": _tools(request.tools) if request.tools else None,
-        "tool_choice": _tool_choice(
-            request.tool_choice, request.parallel_tool_calls, request.tools
+        "tool_choice": tool_choice.from_openai(
+            request.tool_choice,
+            request.parallel_tool_calls,
+            [
+                (t.get("function") or {}).get("name")
+                for t in request.tools or ()
+                if isinstance(t, dict)
+            ],
+            "{type: 'function', function: {name}}",
         ),
         "output_format": _output_format(request.response_format),
     }
@@ -258,34 +266,6 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _tool_choice(
-    choice: str | dict[str, Any] | None, parallel: bool | None, tools: list[Any] | None
-) -> dict[str, Any] | None:
-    """`tool_choice` and `parallel_tool_calls` as the Messages API's `tool_choice`."""
-    if choice is None and parallel is not False:
-        return None
-    if choice is None or choice == "auto":
-        picked: dict[str, Any] = {"type": "auto"}
-    elif choice == "required":
-        picked = {"type": "any"}
-    elif choice == "none":
-        picked = {"type": "none"}
-    elif isinstance(choice, dict) and isinstance(choice.get("function"), dict):
-        picked = {"type": "tool", "name": choice["function"].get("name")}
-    else:
-        raise InvalidField(
-            [
-                FieldProblem(
-                    "tool_choice",
-                    "must be 'auto', 'required', 'none' or {type: 'function', function: {name}}",
-                )
-            ]
-        )
-    if parallel is False and tools and picked["type"] != "none":
-        picked["disable_parallel_tool_use"] = True
-    return picked
 
 
 def _output_format(response_format: dict[str, Any] | None) -> dict[str, Any] | None:

@@ -50,6 +50,7 @@ from ..events import (
     Usage,
 )
 from ..schemas import NO_USER_MESSAGE, ChatRequest, problems_from, validate_json
+from . import tool_choice
 
 NAME = "responses"
 
@@ -240,8 +241,11 @@ def to_chat_request(request: ResponsesRequest) -> tuple[ChatRequest, list[int]]:
         "metadata": request.metadata,
         "conversation_id": conversation[1] if conversation else None,
         "tools": _tools(request.tools) if request.tools else None,
-        "tool_choice": _tool_choice(
-            request.tool_choice, request.parallel_tool_calls, request.tools
+        "tool_choice": tool_choice.from_openai(
+            request.tool_choice,
+            request.parallel_tool_calls,
+            [t.get("name") for t in request.tools or () if isinstance(t, dict)],
+            "{type: 'function', name}",
         ),
         "output_format": _output_format(request.text),
     }
@@ -329,41 +333,6 @@ def _tools(tools: list[dict[str, Any]]) -> list[dict[str, Any]]:
             }
         )
     return out
-
-
-def _tool_choice(
-    choice: str | dict[str, Any] | None, parallel: bool | None, tools: list[Any] | None
-) -> dict[str, Any] | None:
-    """`tool_choice` and `parallel_tool_calls` as the Messages API's `tool_choice`."""
-    if choice is None and parallel is not False:
-        return None
-    if choice is None or choice == "auto":
-        picked: dict[str, Any] = {"type": "auto"}
-    elif choice == "required":
-        picked = {"type": "any"}
-    elif choice == "none":
-        picked = {"type": "none"}
-    elif isinstance(choice, dict) and choice.get("type") == "function":
-        name = choice.get("name")
-        if name not in {t.get("name") for t in tools or () if isinstance(t, dict)}:
-            raise InvalidField(
-                [FieldProblem("tool_choice", f"names {name!r}, which is not one of `tools`")]
-            )
-        picked = {"type": "tool", "name": name}
-    else:
-        raise InvalidField(
-            [
-                FieldProblem(
-                    "tool_choice",
-                    "must be 'auto', 'required', 'none' or {type: 'function', name}",
-                )
-            ]
-        )
-    if picked["type"] in ("any", "tool") and not tools:
-        raise InvalidField([FieldProblem("tool_choice", f"{choice!r} needs `tools`")])
-    if parallel is False and tools and picked["type"] != "none":
-        picked["disable_parallel_tool_use"] = True
-    return picked
 
 
 def _output_format(text: dict[str, Any] | None) -> dict[str, Any] | None:
