@@ -53,6 +53,7 @@ model = "mock"
 [models.mock-b]
 provider = "mock"
 model = "mock"
+price = { input = 3.0, output = 15.0 }
 """
 
 pytestmark = pytest.mark.asyncio(loop_scope="module")
@@ -370,6 +371,8 @@ async def test_a_reply_streams_in_and_the_conversation_is_listed_after_a_reload(
     assert_grows_without_repeats(states, final)
     # Token usage per reply, and the model that answered.
     await expect(reply.locator(".usage")).to_have_text(re.compile(r"^\d+ in · 40 out tokens$"))
+    # And what it cost, at the alias's price (40 output tokens alone: 40 × $15 / 1M).
+    await expect(reply.locator(".cost")).to_have_text(re.compile(r"^\$0\.000\d\d$"))
     await expect(reply.locator(".who")).to_have_text("Assistant · mock-b")
     await shot(page, "reply")
 

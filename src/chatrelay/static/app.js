@@ -237,6 +237,12 @@ class ReplyView {
       span.title = usage.estimated ? "Estimated by chatrelay" : "Reported by the model";
       this.meta.append(span);
     }
+    if (usage && typeof usage.cost_usd === "number") {
+      const digits = usage.cost_usd < 0.01 ? 5 : 2;
+      const cost = el("span", "cost", `$${usage.cost_usd.toFixed(digits)}`);
+      cost.title = "What this reply cost, at its model's price";
+      this.meta.append(cost);
+    }
     if (ENDED[reason]) this.meta.append(el("span", "ended", ENDED[reason]));
     this.meta.hidden = this.meta.childElementCount === 0;
   }
