@@ -566,3 +566,52 @@ async def test_a_clients_cache_control_on_tools_blocks_and_system_reaches_claude
     assert sent["tools"] == tools
     assert sent["system"] == system
     assert sent["messages"] == messages
+
+
+async def test_claudes_signed_thinking_goes_back_with_its_tool_call(fake: FakeAnthropic) -> None:
+    """Claude requires the thinking block (with its signature) of a turn that thought and
+    called tools to come back with the tool's result; the SDK sends the final message's
+    content as it got it, and chatrelay passes it on."""
+    weather = {"name": "get_weather", "input_schema": {"type": "object"}}
+    fake.enqueue(
+        Scenario(
+            deltas=[],
+            thinking=["I should ", "look it up."],
+            tool_calls=[ToolUse("toolu_1", "get_weather", ['{"city": ', '"Paris"}'])],
+            stop_reason="tool_use",
+        ),
+        Scenario(deltas=["Sunny."]),
+    )
+    ask = [{"role": "user", "content": "Weather in Paris?"}]
+    async with sdk_for(anthropic_settings(fake)) as sdk:
+        async with sdk.messages.stream(
+            model="claude-sonnet-5-5",
+            max_tokens=2048,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            tools=[weather],  # type: ignore[list-item]
+            messages=ask,  # type: ignore[arg-type]
+        ) as stream:
+            first = await stream.get_final_message()
+        [thinking] = [b for b in first.content if b.type == "thinking"]
+        assert thinking.thinking == "I should look it up."
+        assert thinking.signature == "EqQBCgIYAhIM1gbcDa9GJwZA2b3h"  # the fake's
+        result = [{"type": "tool_result", "tool_use_id": "toolu_1", "content": "Sunny"}]
+        second = await sdk.messages.create(
+            model="claude-sonnet-5-5",
+            max_tokens=2048,
+            thinking={"type": "enabled", "budget_tokens": 1024},
+            tools=[weather],  # type: ignore[list-item]
+            messages=[
+                *ask,  # type: ignore[list-item]
+                {"role": "assistant", "content": first.content},
+                {"role": "user", "content": result},  # type: ignore[typeddict-item]
+            ],
+        )
+    assert [b.type for b in second.content if b.type == "text"] == ["text"]
+    sent = fake.requests[-1].body["messages"][1]["content"]
+    assert sent[0] == {
+        "type": "thinking",
+        "thinking": "I should look it up.",
+        "signature": "EqQBCgIYAhIM1gbcDa9GJwZA2b3h",
+    }
+    assert [b["type"] for b in sent] == ["thinking", "tool_use"]

@@ -97,6 +97,34 @@ ROWS: dict[type[E.ChatRelayError], Row] = {
         "invalid_request_error",
         [{"field": "max_tokens", "message": "tokens_per_day is 100; this request needs ~250"}],
     ),
+    E.OverBudget: Row(
+        lambda: E.OverBudget("daily_usd", 1.0, 1.5),
+        422,
+        "request_over_limit",
+        "This request may cost up to $1.5000 (its input plus max_tokens at the model's prices),"
+        " more than your daily_usd budget of $1.00: lower max_tokens or send less",
+        {},
+        "invalid_request_error",
+        [{"field": "max_tokens", "message": "daily_usd is $1.00; this request may cost $1.5000"}],
+    ),
+    E.ModelUnpriced: Row(
+        lambda: E.ModelUnpriced("local", "llama3"),
+        403,
+        "model_unpriced",
+        "Model 'local' (llama3) has no known price, and your limits include a budget in"
+        " dollars: its cost could not be counted. Choose a priced model, or ask the operator"
+        " to give [models.local] a price in the models file",
+        {},
+        "permission_error",
+        [
+            {
+                "field": "model",
+                "message": "Model 'local' (llama3) has no known price, and your limits include"
+                " a budget in dollars: its cost could not be counted. Choose a priced model, or"
+                " ask the operator to give [models.local] a price in the models file",
+            }
+        ],
+    ),
     E.UnknownModel: Row(
         lambda: E.UnknownModel("gpt-9", ["a", "b"]),
         400,
@@ -175,6 +203,23 @@ ROWS: dict[type[E.ChatRelayError], Row] = {
         },
         "rate_limit_error",
         retry_after=12.4,
+    ),
+    E.BudgetExceeded: Row(
+        lambda: E.BudgetExceeded("daily_usd", 5.0, 4.9876, 3600.4),
+        429,
+        "limit_exceeded",
+        "Budget reached: your daily_usd budget is $5.00 and $4.9876 of it is spent or reserved"
+        " by replies running now, too little left for this request's worst case; it resets in"
+        " 3600 s",
+        {
+            "retry-after": "3600",
+            "x-ratelimit-limit": "5.0",
+            "x-ratelimit-remaining": "0",
+            "x-ratelimit-reset": "3600",
+            "x-ratelimit-scope": "daily_usd",
+        },
+        "rate_limit_error",
+        retry_after=3600.4,
     ),
     E.ConversationBusy: Row(
         lambda: E.ConversationBusy("c1"),

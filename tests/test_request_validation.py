@@ -66,7 +66,8 @@ CASES: list[tuple[str, Any, int, str, str]] = [
         {"messages": [{"role": "user", "content": [{"type": "document"}]}]},
         422,
         "invalid_request",
-        "content blocks must be of type 'text', 'image', 'tool_use', 'tool_result', got 'document'",
+        "content blocks must be of type 'text', 'image', 'tool_use', 'tool_result',"
+        " 'thinking', got 'document'",
     ),
     (
         "empty text block",

@@ -39,6 +39,7 @@ from .events import (
     StreamMeta,
     TextDelta,
     ThinkingDelta,
+    ThinkingSignature,
     ToolCall,
     ToolCallDelta,
     ToolCalls,
@@ -195,6 +196,7 @@ class ChatJob:
         text: list[str] = []
         thinking: list[str] = []
         tools = ToolCalls()
+        signature: list[str] = []
         model = self.requested_model
         answering = self.plan[0][0].spec  # the model that answers (the first, until told)
         end: End | None = None
@@ -221,6 +223,7 @@ class ChatJob:
                 duration_ms=round((time.perf_counter() - started) * 1000),
                 thinking="".join(thinking) or None,
                 tool_calls=tools.calls(),
+                thinking_signature="".join(signature) or None,
             )
             concluded = reply
             self._count_tokens(reply, end.usage if end else None, tools.chars())
@@ -248,6 +251,8 @@ class ChatJob:
                             first_at = time.perf_counter()
                         tools.add(event)
                         self.deltas += 1
+                    elif isinstance(event, ThinkingSignature):
+                        signature.append(event.signature)
                     elif isinstance(event, Answering):
                         model, answering = event.spec.alias, event.spec
                     else:
@@ -377,6 +382,7 @@ class Completion:
     usage: Usage | None
     error: ChatRelayError | None
     tool_calls: tuple[ToolCall, ...] = ()
+    thinking_signature: str | None = None
 
 
 # The request's ASGI `receive`, once its body has been read: what comes next is the disconnect.
@@ -423,6 +429,7 @@ async def _collect(
     text: list[str] = []
     thinking: list[str] = []
     tools = ToolCalls()
+    signature: list[str] = []
     end: End | None = None
     try:
         async with aclosing(events):
@@ -433,6 +440,8 @@ async def _collect(
                     thinking.append(event.text)
                 elif isinstance(event, (ToolCallStart, ToolCallDelta)):
                     tools.add(event)
+                elif isinstance(event, ThinkingSignature):
+                    signature.append(event.signature)
                 elif isinstance(event, Answering):
                     model = event.spec.alias
                 else:
@@ -458,6 +467,7 @@ async def _collect(
         end.usage,
         end.error,
         tools.calls(),
+        "".join(signature) or None,
     )
 
 

@@ -41,6 +41,14 @@ class ThinkingDelta:
 
 
 @dataclass(slots=True, frozen=True)
+class ThinkingSignature:
+    """The signature that ends a thinking block (Claude's): what lets the thinking be sent
+    back in a later turn, as Claude requires when it thinks and calls tools."""
+
+    signature: str
+
+
+@dataclass(slots=True, frozen=True)
 class ToolCallStart:
     """The model calls a tool: `index` numbers the reply's tool calls 0, 1, … (several may be
     made in one reply); its arguments follow as `ToolCallDelta` pieces of one JSON object."""
@@ -84,9 +92,11 @@ class Stop:
     reason: str | None
 
 
-ProviderEvent = TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | Usage | Stop
+ProviderEvent = (
+    TextDelta | ThinkingDelta | ThinkingSignature | ToolCallStart | ToolCallDelta | Usage | Stop
+)
 # What a reader is shown as the reply grows (the first of them ends the retries).
-Output = TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta
+Output = TextDelta | ThinkingDelta | ThinkingSignature | ToolCallStart | ToolCallDelta
 
 
 # -- what the relay adds ---------------------------------------------------------------------
@@ -109,7 +119,9 @@ class End:
     attempts: int = 1
 
 
-RelayEvent = Answering | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | End
+RelayEvent = (
+    Answering | TextDelta | ThinkingDelta | ThinkingSignature | ToolCallStart | ToolCallDelta | End
+)
 
 
 # -- what the hub adds -----------------------------------------------------------------------
@@ -135,7 +147,16 @@ class Cut:
         return None
 
 
-StreamEvent = Answering | TextDelta | ThinkingDelta | ToolCallStart | ToolCallDelta | End | Cut
+StreamEvent = (
+    Answering
+    | TextDelta
+    | ThinkingDelta
+    | ThinkingSignature
+    | ToolCallStart
+    | ToolCallDelta
+    | End
+    | Cut
+)
 # The last event of every stream: nothing follows it.
 TERMINAL = (End, Cut)
 
@@ -177,15 +198,21 @@ class Reply:
     ttft_ms: int | None = None
     duration_ms: int | None = None
     thinking: str | None = None
+    thinking_signature: str | None = None
     tool_calls: tuple[ToolCall, ...] = ()
 
     def content_blocks(self) -> str | list[dict[str, Any]]:
-        """The reply as a message's content: its text, or with tool calls, Messages API
-        blocks (its text, then a `tool_use` block per call)."""
-        if not self.tool_calls:
+        """The reply as a message's content: its text, or with tool calls or signed thinking,
+        Messages API blocks (the thinking, its text, then a `tool_use` block per call)."""
+        if not self.tool_calls and not self.thinking_signature:
             return self.content
-        text = [{"type": "text", "text": self.content}] if self.content else []
-        return text + [call.block() for call in self.tool_calls]
+        blocks: list[dict[str, Any]] = []
+        if self.thinking_signature:  # signed: it can go back to Claude with the history
+            signed = {"thinking": self.thinking or "", "signature": self.thinking_signature}
+            blocks.append({"type": "thinking", **signed})
+        if self.content:
+            blocks.append({"type": "text", "text": self.content})
+        return blocks + [call.block() for call in self.tool_calls]
 
 
 @dataclass(slots=True, frozen=True)

@@ -34,6 +34,7 @@ from .events import (
     Stop,
     TextDelta,
     ThinkingDelta,
+    ThinkingSignature,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -232,7 +233,7 @@ class Relay:
             await stream.aclose()
 
 
-OUTPUT = (TextDelta, ThinkingDelta, ToolCallStart, ToolCallDelta)
+OUTPUT = (TextDelta, ThinkingDelta, ThinkingSignature, ToolCallStart, ToolCallDelta)
 
 
 def _chars(event: Output) -> int:
@@ -241,6 +242,8 @@ def _chars(event: Output) -> int:
         return len(event.name)
     if isinstance(event, ToolCallDelta):
         return len(event.arguments)
+    if isinstance(event, ThinkingSignature):
+        return 0
     return len(event.text)
 
 

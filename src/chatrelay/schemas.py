@@ -111,6 +111,17 @@ class ToolUseBlock(BaseModel):
     cache_control: CacheControl | None = None
 
 
+class ThinkingBlock(BaseModel):
+    """A content block of type `thinking`: an assistant turn's signed reasoning, which Claude
+    needs back when it thought before calling tools."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    type: Literal["thinking"]
+    thinking: str
+    signature: str = Field(min_length=1)
+
+
 ResultBlock = Annotated[TextBlock | ImageBlock, Field(discriminator="type")]
 
 
@@ -132,11 +143,12 @@ class ToolResultBlock(BaseModel):
 
 
 ContentBlock = Annotated[
-    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock, Field(discriminator="type")
+    TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock,
+    Field(discriminator="type"),
 ]
-BLOCK_TYPES = ("text", "image", "tool_use", "tool_result")
-# Which role's turns may hold each kind of tool block.
-_BLOCK_ROLES = {"tool_use": "assistant", "tool_result": "user"}
+BLOCK_TYPES = ("text", "image", "tool_use", "tool_result", "thinking")
+# Which role's turns may hold each kind of tool (and thinking) block.
+_BLOCK_ROLES = {"tool_use": "assistant", "tool_result": "user", "thinking": "assistant"}
 
 NO_USER_MESSAGE = "must contain at least one user message"
 
@@ -192,7 +204,9 @@ class ChatMessage(BaseModel):
                 )
         return self
 
-    def blocks(self) -> list[TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock]:
+    def blocks(
+        self,
+    ) -> list[TextBlock | ImageBlock | ToolUseBlock | ToolResultBlock | ThinkingBlock]:
         return [] if isinstance(self.content, str) else list(self.content)
 
     def text(self) -> str:

@@ -3,6 +3,7 @@
     t<text>    TextDelta          h<text>   ThinkingDelta
     a<json>    Answering          e<json>   End
     c<reason>  Cut                u<json>   ToolCallStart
+    g<signature>  ThinkingSignature
     d<index> <arguments>          ToolCallDelta
 
 The deltas, nearly every entry, are their UTF-8 text behind the tag: no JSON to write or
@@ -27,6 +28,7 @@ from ..events import (
     StreamMeta,
     TextDelta,
     ThinkingDelta,
+    ThinkingSignature,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -44,6 +46,8 @@ def dump(event: StreamEvent) -> bytes:
         return b"h" + event.text.encode()
     if isinstance(event, ToolCallDelta):
         return b"d%d %b" % (event.index, event.arguments.encode())
+    if isinstance(event, ThinkingSignature):
+        return b"g" + event.signature.encode()
     if isinstance(event, ToolCallStart):
         return b"u" + orjson.dumps([event.index, event.id, event.name])
     if isinstance(event, Answering):
@@ -77,6 +81,8 @@ def load(data: bytes) -> StreamEvent:
         return ThinkingDelta(body.decode())
     if tag == b"c":
         return Cut(body.decode())
+    if tag == b"g":
+        return ThinkingSignature(body.decode())
     if tag == b"d":
         index, _, arguments = body.partition(b" ")
         return ToolCallDelta(int(index), arguments.decode())

@@ -49,6 +49,7 @@ from ..events import (
     Stop,
     TextDelta,
     ThinkingDelta,
+    ThinkingSignature,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -286,6 +287,8 @@ class AnthropicProvider:
                                 yield TextDelta(delta["text"])
                             elif kind == "thinking_delta":
                                 yield ThinkingDelta(delta["thinking"])
+                            elif kind == "signature_delta":
+                                yield ThinkingSignature(delta["signature"])
                             elif kind == "input_json_delta" and delta["partial_json"]:
                                 yield ToolCallDelta(
                                     tool_of[payload["index"]], delta["partial_json"]

@@ -96,7 +96,7 @@ function textOf(content) {
   if (typeof content === "string") return content;
   if (Array.isArray(content)) {
     return content
-      .filter((block) => block.type !== "tool_use" && block.type !== "tool_result")
+      .filter((block) => !["tool_use", "tool_result", "thinking"].includes(block.type))
       .map((block) => (block.type === "text" ? block.text : `[${block.type}]`))
       .join("\n");
   }

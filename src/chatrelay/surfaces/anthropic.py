@@ -48,6 +48,7 @@ from ..events import (
     StreamMeta,
     TextDelta,
     ThinkingDelta,
+    ThinkingSignature,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -158,8 +159,9 @@ def _renamed(problem: FieldProblem) -> FieldProblem:
 
 
 def _message(message: dict[str, Any]) -> Any:
-    """A turn as sent, less the thinking blocks of an assistant turn (they come back from
-    chatrelay's own replies, without signatures: nothing upstream would take them)."""
+    """A turn as sent, less the unsigned thinking blocks of an assistant turn (nothing
+    upstream would take them); signed ones go back to Claude, as it requires after it thought
+    and called tools."""
     if not isinstance(message, dict) or message.get("role") != "assistant":
         return message
     content = message.get("content")
@@ -168,7 +170,12 @@ def _message(message: dict[str, Any]) -> Any:
     kept = [
         block
         for block in content
-        if not (isinstance(block, dict) and block.get("type") in ("thinking", "redacted_thinking"))
+        if not (
+            isinstance(block, dict)
+            and block.get("type") in ("thinking", "redacted_thinking")
+            and not block.get("signature")
+            and not block.get("data")
+        )
     ]
     return {**message, "content": kept or [{"type": "text", "text": "(thinking)"}]}
 
@@ -240,6 +247,11 @@ class MessagesEncoder:
             head = self._open(seq, "thinking", _THINKING_START)
             delta = b'{"type":"thinking_delta","thinking":%b}' % orjson.dumps(event.text)
             return head + self._delta(seq, self._block, delta)
+        if isinstance(event, ThinkingSignature):
+            if self._kind != "thinking":
+                return b""  # a signature of no thinking shown: nothing to sign
+            delta = orjson.dumps({"type": "signature_delta", "signature": event.signature})
+            return self._delta(seq, self._block, delta)
         if isinstance(event, ToolCallStart):
             start = {"type": "tool_use", "id": event.id, "name": event.name, "input": {}}
             head = self._open(seq, "tool_use", orjson.dumps(start), force=True)
@@ -339,7 +351,8 @@ def message_object(job: ChatJob, reply: Completion) -> dict[str, Any]:
     """A whole reply as a Messages API `message` object."""
     content: list[dict[str, Any]] = []
     if reply.thinking:
-        content.append({"type": "thinking", "thinking": reply.thinking, "signature": ""})
+        signature = reply.thinking_signature or ""
+        content.append({"type": "thinking", "thinking": reply.thinking, "signature": signature})
     if reply.content:
         content.append({"type": "text", "text": reply.content})
     content += [call.block() for call in reply.tool_calls]

@@ -52,6 +52,7 @@ from ..events import (
     StreamMeta,
     TextDelta,
     ThinkingDelta,
+    ThinkingSignature,
     ToolCallDelta,
     ToolCallStart,
     Usage,
@@ -111,6 +112,8 @@ class SeedEncoder:
         if isinstance(event, ToolCallStart):
             call = {"index": event.index, "id": event.id, "name": event.name}
             return json_frame(seq, call, "tool_call")
+        if isinstance(event, ThinkingSignature):
+            return b""  # kept with the stored reply (for Claude), of no use to a reader
         if isinstance(event, Answering):
             return json_frame(seq, self._start(event), "start")
         if isinstance(event, End):
