@@ -2,18 +2,20 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
 from .. import surfaces
 from ..bodies import read_body
 from ..chat import complete
-from ..errors import MethodNotAllowed
+from ..errors import ChatRelayError, MethodNotAllowed
 from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest
 from ..services import services
-from ..sse import EventStreamResponse
+from ..sse import PING, EventStreamResponse
 from ..streams import Reader
 from ..surfaces import seed
 from . import headers
@@ -70,6 +72,24 @@ def stream_headers(reader: Reader) -> dict[str, str]:
     if reader.meta.conversation_id:  # new conversations get their id here, before any frame
         headers["x-conversation-id"] = reader.meta.conversation_id
     return headers
+
+
+async def stream_or_error(
+    reader: Reader,
+    heartbeat_s: float,
+    error_response: Callable[[ChatRelayError], Response],
+    ping: bytes = PING,
+) -> Response:
+    """An SDK surface's answer: a failure before the first token as an HTTP error (the SDKs
+    retry 429/5xx), else, at the first token or after one heartbeat interval without one (so
+    proxies see bytes), the 200 stream, in which later failures are the surface's error frame."""
+    failure = await reader.opening(heartbeat_s)
+    if failure is not None:
+        await reader.aclose()  # the reply has ended: its turn is stored, its tokens settled
+        return error_response(failure)
+    return EventStreamResponse(
+        surfaces.frames(reader), heartbeat_s=heartbeat_s, headers=stream_headers(reader), ping=ping
+    )
 
 
 def client_gone() -> Response:

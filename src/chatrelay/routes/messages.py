@@ -11,16 +11,14 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import surfaces
 from ..bodies import read_body
 from ..chat import complete
 from ..openapi import body
 from ..principals import principal_of
 from ..services import services
-from ..sse import EventStreamResponse
 from ..surfaces import anthropic
 from . import headers
-from .chat import client_gone, stream_headers
+from .chat import client_gone, stream_or_error
 from .errors import anthropic_error_response
 
 router = APIRouter(prefix="/v1")
@@ -65,13 +63,7 @@ async def messages(request: Request) -> Response:
     # The SDK raises an HTTP error status when the stream is entered (and retries 429/5xx),
     # so a failure before the first token is answered as one; after one heartbeat interval
     # without an answer we commit to the 200 stream and later failures are `event: error`.
-    failure = await reader.opening(settings.heartbeat_s)
-    if failure is not None:
-        await reader.aclose()  # the reply has ended: its turn is stored, its tokens settled
-        return anthropic_error_response(failure)
-    return EventStreamResponse(
-        surfaces.frames(reader), heartbeat_s=settings.heartbeat_s, headers=stream_headers(reader)
-    )
+    return await stream_or_error(reader, settings.heartbeat_s, anthropic_error_response)
 
 
 @router.post(

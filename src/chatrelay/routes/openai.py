@@ -7,7 +7,6 @@ from typing import Any
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import surfaces
 from ..bodies import read_body
 from ..chat import complete
 from ..errors import FieldProblem, InvalidField
@@ -16,10 +15,10 @@ from ..openapi import body
 from ..principals import principal_of
 from ..schemas import ChatRequest
 from ..services import services
-from ..sse import LINE_PING, EventStreamResponse
+from ..sse import LINE_PING
 from ..surfaces import openai
 from . import headers
-from .chat import client_gone, stream_headers
+from .chat import client_gone, stream_or_error
 from .errors import openai_error_response
 
 router = APIRouter(prefix="/v1")
@@ -81,16 +80,7 @@ async def _answer(
     # OpenAI clients retry on a 429/5xx status, so a failure before the first token is
     # answered as an HTTP error; after one heartbeat interval without an answer we commit to
     # a 200 stream (so proxies see bytes) and later failures become error chunks.
-    failure = await reader.opening(settings.heartbeat_s)
-    if failure is not None:
-        await reader.aclose()  # the reply has ended: its turn is stored, its tokens settled
-        return openai_error_response(failure)
-    return EventStreamResponse(
-        surfaces.frames(reader),
-        heartbeat_s=settings.heartbeat_s,
-        headers=stream_headers(reader),
-        ping=LINE_PING,
-    )
+    return await stream_or_error(reader, settings.heartbeat_s, openai_error_response, LINE_PING)
 
 
 @router.get("/models", summary="The model aliases and patterns this server serves")

@@ -5,7 +5,6 @@ from __future__ import annotations
 from fastapi import APIRouter, Request
 from fastapi.responses import JSONResponse, Response
 
-from .. import surfaces
 from ..bodies import read_body
 from ..chat import complete
 from ..errors import InvalidField, Unsupported
@@ -13,10 +12,10 @@ from ..openapi import body
 from ..principals import Principal, principal_of
 from ..schemas import ChatRequest
 from ..services import services
-from ..sse import LINE_PING, EventStreamResponse
+from ..sse import LINE_PING
 from ..surfaces import responses
 from . import headers
-from .chat import client_gone, stream_headers
+from .chat import client_gone, stream_or_error
 from .errors import openai_error_response
 
 router = APIRouter(prefix="/v1")
@@ -101,13 +100,4 @@ async def _answer(
     )
     # A failure before the first token is an HTTP error (the SDKs retry on 429/5xx); after
     # one heartbeat interval without an answer we commit to a 200 stream.
-    failure = await reader.opening(settings.heartbeat_s)
-    if failure is not None:
-        await reader.aclose()  # the reply has ended: its turn is stored, its tokens settled
-        return openai_error_response(failure)
-    return EventStreamResponse(
-        surfaces.frames(reader),
-        heartbeat_s=settings.heartbeat_s,
-        headers=stream_headers(reader),
-        ping=LINE_PING,
-    )
+    return await stream_or_error(reader, settings.heartbeat_s, openai_error_response, LINE_PING)
